@@ -7,6 +7,7 @@ how to build it, and so is a build older than the C++ sources next to this packa
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def sources_sha256(root: Path = _REPO_ROOT) -> str | None:
 
 def _load():
     try:
-        from fmicl_engine import _C
+        _C = importlib.import_module("fmicl_engine._C")
     except ImportError as err:
         raise ImportError(
             f"fmicl_engine._C, the native extension, is not built or cannot be loaded ({err}). "

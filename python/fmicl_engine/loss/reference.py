@@ -1,0 +1,189 @@
+"""Pure-PyTorch reference of the objectives of LOSSES.md; autograd provides the gradients.
+
+These functions take validated keywords (see validation.py) and compute in ``compute_dtype`` of the
+input (float32 for float16/bfloat16). They are the definition the fused backends are tested
+against, so they favour exactness over speed: squared distances are formed from differences
+(``cdist`` without the matmul expansion), never as ``|a|^2 + |b|^2 - 2a.b``, and every f-term is
+evaluated from s = log r without forming r first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fmicl_engine.loss.validation import NonFiniteLossError, compute_dtype
+
+LOG2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The f-terms of LOSSES.md, as functions of s = log r
+# ---------------------------------------------------------------------------------------------
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x). F.softplus returns x above ``threshold``; at 40, e^-40 is below float64's
+    resolution (the default 20 is tuned for float32) and e^40 still fits in float32."""
+    return F.softplus(x, threshold=40.0)
+
+
+def positive_term(divergence: str, s: torch.Tensor, tsallis_alpha: float) -> torch.Tensor:
+    """f'(r) for s = log r."""
+    if divergence == "kl":
+        return s + 1
+    if divergence == "js":
+        return LOG2 - _softplus(-s)  # log 2 + log r - log(1 + r)
+    if divergence == "pearson":
+        return 2 * torch.expm1(s)  # 2(r - 1)
+    if divergence == "sh":
+        return -torch.expm1(-0.5 * s)  # 1 - r^(-1/2)
+    if divergence == "tsallis":
+        a = tsallis_alpha
+        return (a * torch.exp((a - 1) * s) - 1) / (a - 1)
+    if divergence == "vlc":
+        return 1 - 4 * torch.sigmoid(-s).square()  # 1/(1 + r) = sigmoid(-s)
+    raise AssertionError(divergence)  # validated upstream
+
+
+def negative_term(divergence: str, s: torch.Tensor, tsallis_alpha: float) -> torch.Tensor:
+    """f*(f'(r)) = r f'(r) - f(r) for s = log r."""
+    if divergence == "kl":
+        return torch.exp(s)
+    if divergence == "js":
+        return _softplus(s) - LOG2
+    if divergence == "pearson":
+        return torch.expm1(2 * s)  # r^2 - 1
+    if divergence == "sh":
+        return torch.expm1(0.5 * s)  # r^(1/2) - 1
+    if divergence == "tsallis":
+        return torch.exp(tsallis_alpha * s)
+    if divergence == "vlc":
+        # (3r + 1)(r - 1)/(r + 1)^2 = (1 + 2 sigmoid(s)) tanh(s/2): bounded, no inf/inf at large r.
+        return (1 + 2 * torch.sigmoid(s)) * torch.tanh(0.5 * s)
+    raise AssertionError(divergence)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch layout: Z = [z1; z2], anchor a, positive p(a) = (a + N) mod 2N, negatives the rest
+# ---------------------------------------------------------------------------------------------
+
+
+def stack_views(z1: torch.Tensor, z2: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Z = [z1; z2] (2N x d) in the compute dtype, rows L2-normalised if asked."""
+    z = torch.cat([z1, z2]).to(compute_dtype(z1.dtype))
+    return F.normalize(z, dim=1) if normalize else z
+
+
+def other_index(two_n: int, device) -> torch.Tensor:
+    """(2N x 2N-1) column indices b != a for each anchor row a, ascending."""
+    rows = torch.arange(two_n, device=device)[:, None]
+    cols = torch.arange(two_n - 1, device=device)[None, :]
+    return cols + (cols >= rows)
+
+
+def negative_index(two_n: int, device) -> torch.Tensor:
+    """(2N x 2N-2) column indices b not in {a, p(a)} for each anchor row a, ascending.
+
+    Arithmetic rather than a boolean mask: column j skips lo = min(a, p(a)), then hi = max(a, p(a)).
+    """
+    rows = torch.arange(two_n, device=device)[:, None]
+    partner = (rows + two_n // 2) % two_n
+    lo, hi = torch.minimum(rows, partner), torch.maximum(rows, partner)
+    cols = torch.arange(two_n - 2, device=device)[None, :]
+    cols = cols + (cols >= lo)
+    return cols + (cols >= hi)
+
+
+def log_similarities(z1, z2, *, similarity: str, sigma: float, tau: float, mu: float, normalize: bool):
+    """s = log r for the N positive pairs (N,) and every anchor's negatives (2N x 2N-2).
+
+    Each positive pair appears twice among the 2N anchors with the same r, so the mean over
+    positives is the mean over these N values.
+    """
+    n = z1.shape[0]
+    # The cosine is scale-free, so rows are always normalised for it; normalize only acts on D.
+    z = stack_views(z1, z2, normalize or similarity == "cosine")
+    negatives = negative_index(2 * n, z.device)
+    if similarity == "gaussian":
+        scale = -0.5 / sigma**2
+        d_pos = (z[:n] - z[n:]).square().sum(1)
+        d_all = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")
+        return math.log(mu) + scale * d_pos, math.log(mu) + scale * d_all.gather(1, negatives).square()
+    c_pos = (z[:n] * z[n:]).sum(1)
+    c_all = z @ z.T
+    return math.log(mu) + c_pos / tau, math.log(mu) + c_all.gather(1, negatives) / tau
+
+
+# ---------------------------------------------------------------------------------------------
+# Objectives (each returns the loss = minus the objective, a 0-dim tensor in the compute dtype)
+# ---------------------------------------------------------------------------------------------
+
+
+def fmicl(z1, z2, *, divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha, normalize):
+    s_pos, s_neg = log_similarities(z1, z2, similarity=similarity, sigma=sigma, tau=tau, mu=mu, normalize=normalize)
+    objective = positive_term(divergence, s_pos, tsallis_alpha).mean()
+    if alpha != 0:  # skipped, not multiplied by 0: 0 * inf would turn a finite loss into NaN
+        objective = objective - alpha * negative_term(divergence, s_neg, tsallis_alpha).mean()
+    return -objective
+
+
+def infonce(z1, z2, *, tau, normalize):
+    # C is the cosine whatever normalize says (LOSSES.md), so rows are normalised unconditionally.
+    del normalize
+    n = z1.shape[0]
+    z = stack_views(z1, z2, True)
+    logits = (z @ z.T / tau).gather(1, other_index(2 * n, z.device))
+    positive = (z[:n] * z[n:]).sum(1) / tau
+    return torch.logsumexp(logits, dim=1).mean() - positive.mean()
+
+
+def _log_mean_exp(x: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(x, dim=0) - math.log(x.numel())
+
+
+def align_uniform(z1, z2, *, align_alpha, t, lambda_uniform):
+    dtype = compute_dtype(z1.dtype)
+    z1 = F.normalize(z1.to(dtype), dim=1)
+    z2 = F.normalize(z2.to(dtype), dim=1)
+    # norm().pow(), as Wang & Isola's code: the norm's gradient at a zero difference is 0, where
+    # (|d|^2)^(alpha/2) would give 0 * inf for alpha < 2.
+    align = torch.linalg.vector_norm(z1 - z2, dim=1).pow(align_alpha).mean()
+    # pdist: the i < j pairs, by differences (exact for near-duplicates).
+    uniform = 0.5 * (_log_mean_exp(-t * torch.pdist(z1).square()) + _log_mean_exp(-t * torch.pdist(z2).square()))
+    return align + lambda_uniform * uniform
+
+
+def rpc(z1, z2, *, tau, alpha, beta, gamma, normalize):
+    n = z1.shape[0]
+    z = stack_views(z1, z2, normalize)
+    s_pos = (z[:n] * z[n:]).sum(1) / tau
+    s_neg = (z @ z.T / tau).gather(1, negative_index(2 * n, z.device))
+    objective = (
+        s_pos.mean() - alpha * s_neg.mean() - beta / 2 * s_pos.square().mean() - gamma / 2 * s_neg.square().mean()
+    )
+    return -objective
+
+
+def _cholesky_logdet(matrix: torch.Tensor, eps: float) -> torch.Tensor:
+    try:
+        chol = torch.linalg.cholesky(matrix)
+    except torch.linalg.LinAlgError as err:
+        raise NonFiniteLossError(
+            f"emmi: a covariance matrix is not positive definite in {matrix.dtype} at eps={eps} ({err}); "
+            "increase eps or pass float64 embeddings",
+            argument="eps",
+        ) from err
+    return 2 * torch.log(torch.diagonal(chol)).sum()
+
+
+def emmi(z1, z2, *, eps):
+    n, d = z1.shape
+    z = torch.cat([z1, z2], dim=1).to(compute_dtype(z1.dtype))  # N x 2d
+    z = z - z.mean(0)
+    joint = z.T @ z / (n - 1) + eps * torch.eye(2 * d, dtype=z.dtype, device=z.device)  # 2d x 2d
+    mi = 0.5 * (_cholesky_logdet(joint[:d, :d], eps) + _cholesky_logdet(joint[d:, d:], eps)
+                - _cholesky_logdet(joint, eps))
+    return -mi

@@ -1,0 +1,223 @@
+"""Argument checks shared by every loss backend (reference, fused CPU, fused CUDA).
+
+Each check raises :class:`LossArgumentError` naming the offending argument (``err.argument``), so a
+config error points at the config key. The hyperparameter bundles (``fmicl_hyperparameters`` ...)
+return the validated keywords as a dict: the one form in which they are passed to a backend.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+DIVERGENCES = ("kl", "js", "pearson", "sh", "tsallis", "vlc")
+SIMILARITIES = ("gaussian", "cosine")
+BACKENDS = ("auto", "fused", "reference")
+PAIRWISE_OBJECTIVES = ("fmicl", "infonce", "align_uniform")
+BOUNDS = ("infonce", "nwj", "dv")
+CRITICS = ("bilinear", "separable", "concat")
+
+
+class LossArgumentError(ValueError):
+    """An invalid input or hyperparameter of a loss; ``argument`` names it (e.g. ``"sigma"``)."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+    def __reduce__(self):  # picklable across processes (the default would drop ``argument``)
+        return type(self), (self.argument, str(self))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss evaluated to inf/NaN although every argument was valid on its own.
+
+    A ``FloatingPointError`` rather than a ``ValueError``: the arguments passed their checks, it is the
+    arithmetic that overflowed for this combination (e.g. SH with a tiny sigma). ``argument`` names
+    the hyperparameter to change first (``"sigma"``, ``"tau"``, ``"eps"``), or None.
+    """
+
+    def __init__(self, message: str, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument
+
+    def __reduce__(self):
+        return type(self), (str(self), self.argument)
+
+
+def did_you_mean(value: str, choices: Sequence[str]) -> str:
+    """'; did you mean 'x'?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalars
+# ---------------------------------------------------------------------------------------------
+
+
+def check_real(name: str, value) -> float:
+    """A finite real number (bool is refused: ``sigma=True`` is a config mistake, not 1.0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise LossArgumentError(name, f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise LossArgumentError(name, f"{name} must be finite, got {value}")
+    return value
+
+
+def check_positive(name: str, value) -> float:
+    value = check_real(name, value)
+    if value <= 0:
+        raise LossArgumentError(name, f"{name} must be > 0, got {value}")
+    return value
+
+
+def check_nonnegative(name: str, value) -> float:
+    value = check_real(name, value)
+    if value < 0:
+        raise LossArgumentError(name, f"{name} must be >= 0, got {value}")
+    return value
+
+
+def check_tsallis_alpha(value) -> float:
+    value = check_positive("tsallis_alpha", value)
+    if value == 1.0:
+        raise LossArgumentError(
+            "tsallis_alpha", "tsallis_alpha must differ from 1 (its limit is the kl divergence: use divergence='kl')"
+        )
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise LossArgumentError(name, f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise LossArgumentError(
+            name, f"{name}={value!r} is not one of {', '.join(choices)}{did_you_mean(value, choices)}"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_layout(name: str, z, min_rows: int) -> None:
+    if not isinstance(z, torch.Tensor):
+        raise LossArgumentError(name, f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() != 2:
+        raise LossArgumentError(name, f"{name} must be 2-D (batch, dim), got shape {tuple(z.shape)}")
+    if z.shape[0] < min_rows or z.shape[1] < 1:
+        raise LossArgumentError(
+            name, f"{name} needs at least {min_rows} rows and 1 column, got shape {tuple(z.shape)}"
+        )
+    if not z.is_floating_point():
+        raise LossArgumentError(name, f"{name} must have a floating-point dtype, got {z.dtype}")
+
+
+def _check_finite(name: str, z: torch.Tensor) -> None:
+    # One reduction and a device sync on GPU: cheap next to the loss, and it turns a silent NaN
+    # loss into an error that names the input.
+    if not bool(torch.isfinite(z).all()):
+        raise LossArgumentError(name, f"{name} contains inf or NaN")
+
+
+def check_embeddings(name: str, z, min_rows: int = 2) -> None:
+    """A finite floating-point (rows, dim) tensor with at least ``min_rows`` rows and one column."""
+    _check_layout(name, z, min_rows)
+    _check_finite(name, z)
+
+
+def check_pair(z1, z2, min_rows: int = 2) -> None:
+    """Two views' embeddings: each as in ``check_embeddings``, with the same shape, dtype, device."""
+    _check_layout("z1", z1, min_rows)
+    _check_layout("z2", z2, min_rows)
+    if z1.shape != z2.shape:
+        raise LossArgumentError("z2", f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
+                                      f"{tuple(z2.shape)}")
+    if z1.dtype != z2.dtype:
+        raise LossArgumentError("z2", f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
+    if z1.device != z2.device:
+        raise LossArgumentError("z2", f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
+    _check_finite("z1", z1)
+    _check_finite("z2", z2)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the reference computes (and returns the loss) in: float32 for float16/bfloat16,
+    whose range (float16 overflows at 65504) and 8-bit mantissa (bfloat16) are too narrow for
+    exp/log of similarities; the input dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_finite_loss(loss: torch.Tensor, objective: str, *, scale: str | None = None,
+                      **context) -> torch.Tensor:
+    """Return ``loss`` if finite, else raise NonFiniteLossError (one device sync).
+
+    ``scale`` names the hyperparameter to change first (sigma, tau, eps; it becomes the error's
+    ``argument``); ``context`` holds the values the message shows (divergence, sigma ...).
+    """
+    if bool(torch.isfinite(loss)):
+        return loss
+    described = ", ".join(f"{k}={v!r}" for k, v in context.items())
+    hint = f"increase {scale}, " if scale else ""
+    raise NonFiniteLossError(
+        f"{objective} loss is {loss.item()} ({described}) in {loss.dtype}: a term of the objective "
+        f"overflows this dtype for these inputs; {hint}or pass float64 embeddings",
+        argument=scale,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameter bundles: validated keywords, in the form every backend receives them. The
+# defaults live in the public signatures (functional.py, modules.py), not here.
+# ---------------------------------------------------------------------------------------------
+
+
+def fmicl_hyperparameters(divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha, normalize) -> dict:
+    return dict(
+        divergence=check_choice("divergence", divergence, DIVERGENCES),
+        similarity=check_choice("similarity", similarity, SIMILARITIES),
+        sigma=check_positive("sigma", sigma),
+        tau=check_positive("tau", tau),
+        mu=check_positive("mu", mu),
+        alpha=check_nonnegative("alpha", alpha),
+        tsallis_alpha=check_tsallis_alpha(tsallis_alpha),
+        normalize=check_bool("normalize", normalize),
+    )
+
+
+def infonce_hyperparameters(tau, normalize) -> dict:
+    return dict(tau=check_positive("tau", tau), normalize=check_bool("normalize", normalize))
+
+
+def align_uniform_hyperparameters(align_alpha, t, lambda_uniform) -> dict:
+    return dict(
+        align_alpha=check_positive("align_alpha", align_alpha),
+        t=check_positive("t", t),
+        lambda_uniform=check_nonnegative("lambda_uniform", lambda_uniform),
+    )
+
+
+def rpc_hyperparameters(tau, alpha, beta, gamma, normalize) -> dict:
+    return dict(
+        tau=check_positive("tau", tau),
+        alpha=check_nonnegative("alpha", alpha),
+        beta=check_nonnegative("beta", beta),
+        gamma=check_nonnegative("gamma", gamma),
+        normalize=check_bool("normalize", normalize),
+    )
+
+
+def emmi_hyperparameters(eps) -> dict:
+    return dict(eps=check_positive("eps", eps))
