@@ -253,3 +253,16 @@ def test_non_finite_fused_result_raises(fake_fused):
     with pytest.raises(NonFiniteLossError, match="sigma=0.25") as info:
         fmicl_loss(z1, z2, "sh", sigma=0.25, backend="fused")
     assert info.value.argument == "sigma"
+
+
+def test_defaults_left_open_by_the_paper_are_the_spec_choices():
+    # LOSSES.md marks these as choices; a silent change of default changes every result.
+    from fmicl_engine.loss import loss_keywords
+
+    assert loss_keywords("emmi")["eps"] == 1e-4
+    fm = loss_keywords("fmicl")
+    assert (fm["mu"], fm["alpha"], fm["tsallis_alpha"], fm["normalize"]) == (1.0, 1.0, 1.5, True)
+    rpc = loss_keywords("rpc")
+    assert (rpc["alpha"], rpc["beta"], rpc["gamma"]) == (0.0, 0.001, 1.0)
+    au = loss_keywords("align_uniform")
+    assert (au["align_alpha"], au["t"], au["lambda_uniform"]) == (2.0, 2.0, 1.0)

@@ -100,6 +100,21 @@ def test_critics_score_every_pair(critic_class):
         u_v = torch.cat([x[0, 1], y[0, 2]])
         direct = critic.layer2(torch.relu(critic.layer1(u_v)))
         torch.testing.assert_close(scores[0, 1, 2], direct[0])
+    if critic_class is SeparableCritic:  # two different MLPs, phi1 on x and phi2 on y
+        direct = critic.phi1(x[0, 1]) @ critic.phi2(y[0, 2])
+        torch.testing.assert_close(scores[0, 1, 2], direct)
+        torch.testing.assert_close(scores[0, 2, 1], critic.phi1(x[0, 2]) @ critic.phi2(y[0, 1]))
+    if critic_class is BilinearCritic:  # u^T W v with u from x, v from y
+        torch.testing.assert_close(scores[0, 1, 2], x[0, 1] @ critic.weight @ y[0, 2])
+
+
+def test_half_precision_scores_are_computed_in_float32():
+    scores = torch.randn(6, 6, dtype=torch.float64)
+    for bound in ("infonce", "nwj", "dv"):
+        got = mi_bound(scores.to(torch.bfloat16), bound)
+        assert got.dtype == torch.float32
+        want = mi_bound(scores.to(torch.bfloat16).double(), bound)
+        assert abs(got.item() - want.item()) < 1e-5
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ def mi_bound(scores: torch.Tensor, bound: str = "infonce") -> torch.Tensor:
         raise LossArgumentError("scores", f"scores need K >= 2 pairs, got K={k}")
     if not scores.is_floating_point():
         raise LossArgumentError("scores", f"scores must have a floating-point dtype, got {scores.dtype}")
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()  # as every loss here: half inputs are computed and returned in float32
     if bound == "infonce":
         # log_softmax subtracts the row max, so each diagonal term is <= 0 in floating point too:
         # the estimate never exceeds log K, even for scores of 1e4.
