@@ -1,0 +1,121 @@
+"""Data-pipeline benchmark: the C++ sampler's rate, and two-view images per second of the DALI
+pipeline against the torchvision DataLoader, same recipe, resolution and threads, in one run.
+
+    python engine/bench/data.py                       # CPU: sampler + 64 and 224 px
+    python engine/bench/data.py --device gpu          # DALI mixed/GPU backend (needs a GPU)
+    python engine/bench/data.py --images 2000 --sizes 224 --threads 8
+
+The dataset is an ImageFolder of JPEGs (quality 90) cut from scikit-learn's two bundled photos,
+resized to about ImageNet's typical shape (500 x 375 +-25%; --image-width/--image-height), written once
+to --root (default: a folder under the system temp dir) and reused. Use --root on a real
+ImageNet folder to measure that instead (it is only read). Each loader runs a warm-up pass over
+--warmup batches (page cache, code paths), then times an epoch from its first batch to its end
+(the steady-state rate); the start-up to the first batch is printed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from fmicl_engine.data import build_image_index, sample_view_pairs
+from fmicl_engine.data.dali_pipeline import DaliTwoViewLoader
+from fmicl_engine.data.recipe import resolve_recipe
+from fmicl_engine.data.synthetic import make_image_folder
+from fmicl_engine.data.torchvision_reference import TorchvisionTwoViewLoader
+
+
+def bench_sampler(recipe, n: int, threads: int) -> float:
+    """Views per second of sample_view_pairs on n samples (2n views)."""
+    rng = np.random.default_rng(0)
+    indices = rng.permutation(n)
+    widths, heights = rng.integers(200, 1000, n), rng.integers(200, 1000, n)
+    sample_view_pairs(indices[:1000], widths[:1000], heights[:1000], recipe=recipe, seed=0, epoch=0)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        sample_view_pairs(indices, widths, heights, recipe=recipe, seed=0, epoch=0,
+                          num_threads=threads)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n / best
+
+
+def time_epoch(loader, warmup: int) -> tuple[float, float, int]:
+    """(seconds to the first batch, seconds from it to the end, images after it) of one epoch,
+    after `warmup` batches of a previous pass. Steady-state rate = images / seconds: per-epoch
+    start-up (DALI pipeline construction, DataLoader worker start) is reported apart."""
+    loader.set_epoch(0)
+    for k, _ in enumerate(loader):
+        if k + 1 >= warmup:
+            break
+    loader.set_epoch(1)
+    images, first = 0, None
+    start = time.perf_counter()
+    for view1, _, labels in loader:
+        if view1.is_cuda:
+            torch.cuda.synchronize()
+        if first is None:
+            first = time.perf_counter()
+        else:
+            images += len(labels)
+    return first - start, time.perf_counter() - first, images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "fmicl_bench_data"))
+    parser.add_argument("--images", type=int, default=1024, help="images to generate")
+    parser.add_argument("--image-width", type=int, default=500)
+    parser.add_argument("--image-height", type=int, default=375)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
+    parser.add_argument("--threads", type=int, default=2,
+                        help="DALI threads = DataLoader workers = sampler threads")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--recipe", default="simclr")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--warmup", type=int, default=2, help="batches before the timed epoch")
+    parser.add_argument("--sampler-samples", type=int, default=1_000_000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the main process only collates; workers do the work
+    recipe = resolve_recipe(args.recipe)
+
+    print(f"# torch {torch.__version__}, {os.cpu_count()} CPUs visible, recipe {recipe.name}")
+    one = bench_sampler(recipe, args.sampler_samples, 1)
+    many = bench_sampler(recipe, args.sampler_samples, args.threads)
+    print(f"sampler: {one / 1e6:.2f} M views/s on 1 thread, {many / 1e6:.2f} M views/s on "
+          f"{args.threads} threads ({args.sampler_samples:,} samples x 2 views)")
+
+    if not os.path.isdir(args.root) or not any(e.is_dir() for e in os.scandir(args.root)):
+        per_class = max(1, args.images // 4)
+        print(f"# writing {4 * per_class} JPEGs to {args.root}")
+        make_image_folder(args.root, num_classes=4, per_class=per_class,
+                          size=(args.image_width, args.image_height), size_spread=0.25, seed=0)
+    index = build_image_index(root=args.root)
+    print(f"# {len(index)} images, median {int(np.median(index.widths))} x "
+          f"{int(np.median(index.heights))}, batch {args.batch_size}, {args.threads} threads, "
+          f"DALI device {args.device}")
+
+    print(f"{'size':>5} {'loader':<26} {'img/s':>8} {'vs torchvision':>15} {'start-up s':>11}")
+    for size in args.sizes:
+        common = dict(recipe=recipe, image_size=size, batch_size=args.batch_size, seed=0)
+        startup, seconds, images = time_epoch(TorchvisionTwoViewLoader(
+            index, num_workers=args.threads, **common), args.warmup)
+        reference = images / seconds
+        print(f"{size:>5} {'torchvision DataLoader':<26} {reference:>8.0f} {1.0:>14.2f}x "
+              f"{startup:>11.2f}", flush=True)
+        for decode in ("full", "slice"):
+            loader = DaliTwoViewLoader(index, device=args.device, num_threads=args.threads,
+                                       decode=decode, **common)
+            startup, seconds, images = time_epoch(loader, args.warmup)
+            rate = images / seconds
+            print(f"{size:>5} {'DALI ' + args.device + ' decode=' + decode:<26} {rate:>8.0f} "
+                  f"{rate / reference:>14.2f}x {startup:>11.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
