@@ -1,0 +1,1 @@
+"""The ``fmicl-engine`` command line (see main.py)."""

@@ -1,0 +1,147 @@
+"""Every configuration key of fmicl-engine, with its default and why, in one place.
+
+A config file is TOML with the sections below; a key left out takes the default written here.
+Each setting carries its own constraints (``choices``, bounds) so that the loader
+(``fmicl_engine.config.loader``) can reject a bad value, naming its key path, before any work
+starts. The ``[loss]`` section is the exception: its keys are the keyword arguments of the chosen
+objective in ``fmicl_engine.loss.LOSS_REGISTRY``, so they are validated against that objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def setting(default, why: str, *, choices=None, ge=None, gt=None, le=None, lt=None):
+    """A dataclass field with a default, the reason for it, and the constraints the loader checks."""
+    return field(
+        default=default,
+        metadata={"why": why, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt},
+    )
+
+
+def section(cls):
+    """A nested section: its default is the section's own defaults."""
+    return field(default_factory=cls, metadata={"why": cls.__doc__})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how a run happens."""
+
+    seed: int = setting(0, "one seed fixes the initialisation, the data order and every augmentation", ge=0)
+    device: str = setting("auto", "auto picks cuda when torch sees a GPU, else cpu", choices=("auto", "cpu", "cuda"))
+    out_dir: str = setting("", "empty means runs/<config file stem>; `run --out DIR` overrides it")
+    threads: int = setting(0, "torch CPU threads; 0 keeps torch's default (one per core). Small models gain "
+                           "little from more, and OpenMP threads stall when other processes share the cores", ge=0)
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    """The bundled sklearn digits (1,797 8x8 images, 10 classes): small enough for a CPU run in a minute."""
+
+    test_fraction: float = setting(0.25, "stratified held-out share, never seen in pretraining; the probe's test set", gt=0.0, lt=1.0)
+    image_size: int = setting(16, "8x8 digits upsampled 2x: crops and rotations then keep the strokes readable", ge=8)
+    crop_scale_min: float = setting(0.7, "smallest crop area fraction; smaller crops cut digits into ambiguous parts", gt=0.0, le=1.0)
+    max_rotation_deg: float = setting(10.0, "digits are not rotation-invariant (6 vs 9): keep rotations small", ge=0.0, le=180.0)
+    noise_std: float = setting(0.1, "additive Gaussian pixel noise on [0, 1] images; a cheap photometric augmentation", ge=0.0)
+
+
+@dataclass(frozen=True)
+class ImageFolderConfig:
+    """An ImageFolder / ImageNet tree read by the two-view pipeline (fmicl_engine.data.build_two_view_loader)."""
+
+    root: str = setting("", "required for dataset = imagefolder: the class-per-folder training tree")
+    image_size: int = setting(224, "the standard ImageNet pretraining resolution", ge=8)
+    augment: str = setting("simclr", "SimCLR's symmetric recipe; byol is its asymmetric variant", choices=("simclr", "byol"))
+    num_threads: int = setting(4, "decoding threads per process", ge=1)
+    device: str = setting("cpu", "gpu decodes and augments on the GPU (DALI mixed backend)", choices=("cpu", "gpu"))
+    on_bad_file: str = setting("skip", "a corrupt file should not stop a multi-day run; it is counted and named", choices=("skip", "error"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the encoder is pretrained on."""
+
+    dataset: str = setting("digits", "bundled with scikit-learn, so the default config runs offline", choices=("digits", "imagefolder"))
+    digits: DigitsConfig = section(DigitsConfig)
+    imagefolder: ImageFolderConfig = section(ImageFolderConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder (whose features are evaluated) and the projector (whose output the loss sees)."""
+
+    arch: str = setting("digits_cnn", "a 3-block CNN: fast on CPU; resnet18/50 are torchvision's, weights=None", choices=("digits_cnn", "resnet18", "resnet50"))
+    cnn_width: int = setting(32, "digits_cnn channels of the first block, doubled per block (features = 4x this)", ge=1)
+    projector_hidden_dim: int = setting(256, "SimCLR's 2-layer MLP head; its hidden width", ge=1)
+    projector_out_dim: int = setting(64, "the embedding dimension the objective sees", ge=1)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The objective: ``name`` is a key of fmicl_engine.loss.LOSS_REGISTRY, the other keys its keyword
+    arguments. The loader fills in the objective's own defaults, so ``options`` is complete."""
+
+    name: str = setting("fmicl", "f-MICL, the family this engine is built for")
+    # (keyword, value) pairs in the objective's signature order: immutable, hashable, TOML-writable.
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimiser and its learning-rate schedule (linear warmup, then cosine decay, per step)."""
+
+    name: str = setting("adamw", "robust without tuning at small batch; lars is for large-batch SGD (SimCLR at 4096)", choices=("adamw", "sgd", "lars"))
+    lr: float = setting(2e-3, "peak learning rate, reached at the end of warmup (tuned on the digits)", gt=0.0)
+    weight_decay: float = setting(1e-4, "mild L2; not applied to biases and norm parameters (see below)", ge=0.0)
+    momentum: float = setting(0.9, "sgd and lars momentum", ge=0.0, lt=1.0)
+    beta1: float = setting(0.9, "adamw first-moment decay", ge=0.0, lt=1.0)
+    beta2: float = setting(0.999, "adamw second-moment decay", ge=0.0, lt=1.0)
+    trust_coefficient: float = setting(1e-3, "lars: the layer-wise trust ratio eta of You et al. (2017)", gt=0.0)
+    exclude_bias_and_norm: bool = setting(True, "biases and norm scales need neither decay nor lars adaptation (SimCLR, BYOL)")
+    warmup_epochs: float = setting(1.0, "a short linear warmup avoids early divergence at a high lr", ge=0.0)
+    min_lr_ratio: float = setting(0.0, "cosine decays to lr * this at the last step", ge=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The pretraining loop."""
+
+    epochs: int = setting(50, "passes over the training split; 50 on the digits is ~500 steps, well into the plateau", ge=1)
+    batch_size: int = setting(128, "images per step (two views each): 254 negatives per anchor, 10 steps per digits epoch", ge=2)
+    max_steps: int = setting(0, "0: epochs decide; otherwise stop after this many steps (smoke runs)", ge=0)
+    log_every: int = setting(10, "steps between metrics lines; reading the loss is a device sync point", ge=1)
+    checkpoint: bool = setting(True, "save DIR/checkpoint.pt atomically at each epoch end; a rerun resumes from it")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Linear-probe evaluation of the frozen encoder, before (random init) and after pretraining."""
+
+    linear_probe: bool = setting(True, "the standard measure of a self-supervised representation")
+    features: str = setting("encoder", "probe the encoder's features (as SimCLR does), not the projector's output", choices=("encoder", "projector"))
+    probe_c: float = setting(1.0, "inverse L2 strength of the multinomial logistic-regression probe on standardised features", gt=0.0)
+    probe_max_iter: int = setting(1000, "L-BFGS iterations; enough to converge on a few thousand samples", ge=1)
+    labels_per_class: int = setting(0, "0: the probe sees every training label (standard); n > 0: n per class, which "
+                                    "shows what a representation adds where all labels saturate (the digits)", ge=0)
+    label_subsets: int = setting(5, "with labels_per_class > 0: mean over this many seeded label subsets, "
+                                 "since a few-label probe varies with the draw", ge=1)
+    batch_size: int = setting(512, "images per forward pass when extracting features", ge=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated configuration (see fmicl_engine.config.load_config)."""
+
+    run: RunConfig = section(RunConfig)
+    data: DataConfig = section(DataConfig)
+    model: ModelConfig = section(ModelConfig)
+    loss: LossConfig = section(LossConfig)
+    optim: OptimConfig = section(OptimConfig)
+    train: TrainConfig = section(TrainConfig)
+    eval: EvalConfig = section(EvalConfig)

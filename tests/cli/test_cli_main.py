@@ -1,0 +1,79 @@
+"""The fmicl-engine command: exit status 2 and one line for a config error; validate; a tiny run."""
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "fmicl_engine.cli.main", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env=dict(os.environ), timeout=300)
+
+
+def assert_one_line_config_error(result, message):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"config error: {message}"]
+    assert result.stdout == ""
+
+
+def test_config_errors_exit_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[loss]\nsigma = -1\n[train]\nepochs = 3\n")
+    result = cli("validate", bad)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("config error: loss.sigma: ")
+    # the same through `run`, and through --set, before any work starts
+    assert_one_line_config_error(cli("run", bad, "--set", "loss.sigma=0.5", "--set", "train.epoch=2",
+                                     "--out", tmp_path / "never"),
+                                 "train.epoch: unknown key (did you mean 'train.epochs'?)")
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_imagenet_config_fails_cleanly_on_its_missing_dataset():
+    assert_one_line_config_error(cli("validate", "configs/imagenet_kl.toml"),
+                                 "data.imagefolder.root: no such directory: /data/imagenet/train")
+
+
+def test_validate_prints_the_resolved_config():
+    result = cli("validate", "configs/digits_kl.toml", "--set", "optim.lr=0.01")
+    assert result.returncode == 0, result.stderr
+    resolved = tomllib.loads(result.stdout)
+    assert resolved["optim"]["lr"] == 0.01 and resolved["run"]["out_dir"] == "runs/digits_kl"
+    assert resolved["loss"]["name"] == "fmicl" and resolved["loss"]["divergence"] == "kl"
+
+
+def test_a_tiny_run_writes_config_metrics_and_results(tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "configs/digits_kl.toml", "--out", out, "--no-progress",
+                 "--set", "train.max_steps=3", "--set", "train.log_every=1", "--set", "train.batch_size=64",
+                 "--set", "model.cnn_width=4", "--set", "eval.label_subsets=1", "--set", "loss.backend=reference")
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout.splitlines()[-1])  # the final line prints the results
+    assert json.loads((out / "results.json").read_text()) == results
+    for key in ("linear_probe_top1", "random_init_probe_top1", "pretrain_seconds", "probe_seconds", "total_seconds"):
+        assert isinstance(results[key], float), key
+    assert 0.0 <= results["linear_probe_top1"] <= 1.0 and results["steps"] == 3
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert all(set(line) == {"step", "epoch", "loss", "lr", "samples_per_s"} for line in lines)
+    saved = tomllib.loads((out / "config.toml").read_text())
+    assert saved["train"]["max_steps"] == 3 and saved["run"]["out_dir"] == str(out)
+    assert "resolved config:" in result.stderr and "git " in result.stderr  # logged at start
+
+
+def test_an_overflowing_loss_exits_1_with_one_line(tmp_path, capsys):
+    from fmicl_engine.cli.main import main
+
+    # Squared Hellinger's positive term is 1 - exp(D / (4 sigma^2)): with sigma = 0.01 it overflows.
+    status = main(["run", "configs/digits_sh.toml", "--out", str(tmp_path / "run"), "--no-progress",
+                   "--set", "loss.sigma=0.01", "--set", "eval.linear_probe=false", "--set", "model.cnn_width=4"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.strip().splitlines()[-1].startswith("training error: fmicl")
+    assert "sigma" in err.strip().splitlines()[-1] and "Traceback" not in err
