@@ -1,0 +1,487 @@
+// CUDA implementation of the pairwise ops declared in cpp/bindings/ops.cpp (contract there).
+//
+// The same sums as the CPU op (cpp/src/pairwise_cpu.cpp), with the same per-pair terms
+// (fmicl/pairwise_math.h) and parameters (fmicl/pairwise_params.h). Tiles are (anchor rows I) x
+// (all rows J), the anchors listed in `rows` (A,) (a repeated anchor is listed, and counted, twice):
+//
+//   G    = X_I X_J^T                       at::mm (cuBLAS)
+//   W    = d(loss_sum)/dG, in place of G   one epilogue kernel, one block per tile row, which also
+//                                          sums the row's terms (fixed order: deterministic)
+//   dX_I += W X_J,   dX_J += W^T X_I       at::addmm_ (cuBLAS)
+//
+// With anchors (a distributed rank's share) each ordered pair (a, b), a an anchor, is visited
+// once: three (A x M x d) products, so a rank holding A = M / W anchors does 1/W of the work.
+// Without (the whole batch) only the tiles J >= I are formed, as on the CPU: G is symmetric and
+// the terms of (a, b) and (b, a) are equal, so an entry of an off-diagonal tile stands for both
+// orientations (its terms and W count twice; InfoNCE adds the two softmaxes) while a diagonal
+// tile visits each ordered pair once: 1.5 full-size products (InfoNCE 2.5: its log-sum-exp pass
+// forms every tile). Memory: one tile (tile^2) plus O(M d).
+// float16/bfloat16 rows are converted to float32 first (products and terms in float32, sums in
+// float64); float64 stays float64. The products follow torch's float32 matmul precision setting
+// (TF32 only where the user enabled it).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string_view>
+#include <tuple>
+
+#include "fmicl/check.h"
+#include "fmicl/pairwise_params.h"
+
+namespace fmicl::cuda {
+namespace {
+
+constexpr long long kDefaultTile = 4096;  // 64 MB of float32: products this size run near peak
+constexpr double kNormEps = 1e-12;       // torch.nn.functional.normalize's eps
+constexpr int kThreads = 256;            // per block; one block per tile row
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------------
+
+// The sum of v over the block, returned to every thread. A fixed tree: deterministic.
+__device__ double block_sum(double v) {
+  __shared__ double partial[kThreads];
+  partial[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const double total = partial[0];
+  __syncthreads();  // `partial` is reused by the next call
+  return total;
+}
+
+__device__ double block_max(double v) {
+  __shared__ double partial[kThreads];
+  partial[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] = fmax(partial[threadIdx.x], partial[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  const double total = partial[0];
+  __syncthreads();
+  return total;
+}
+
+// f-MICL (and the uniformity sums). Tile row r is anchor a = rows[r]; its partners are the
+// columns b = col0 + c != a (and, when view_rows > 0, only those in a's view: rows below
+// view_rows are one view, the rest the other). Overwrites G with W = d(loss_sum)/dG and adds the
+// row's scaled terms to value[r] and Σ_b W_ab to wsum[r] (the Gaussian similarity's |x_a|^2 term).
+// orientations: 2 where each entry also stands for (b, a) (off-diagonal tiles of the whole batch).
+template <class S, Divergence D, Similarity Sim>
+__global__ void __launch_bounds__(kThreads)
+    fmicl_epilogue_kernel(const FmiclParams p, const S dlogr_dgram, const S orientations, S* __restrict__ tile,
+                          const long long ncols, const long long col0,
+                          const int64_t* __restrict__ rows, const S* __restrict__ norm_sq,
+                          const long long view_rows, double* __restrict__ value,
+                          double* __restrict__ wsum) {
+  const long long r = blockIdx.x;
+  const long long a = rows[r];
+  S* g = tile + r * ncols;
+  const long long positive = p.half_rows > 0 ? positive_index(a, p.half_rows) : -1;
+  const S log_mu = S(p.log_mu);
+  const S inv_two_sigma_sq = S(p.inv_two_sigma_sq);
+  const S inv_tau = S(p.inv_tau);
+  const S tsallis_alpha = S(p.tsallis_alpha);
+  const S norm_a = Sim == Similarity::kGaussian ? norm_sq[a] : S(0);
+
+  double row_value = 0.0, row_wsum = 0.0;
+  for (long long c = threadIdx.x; c < ncols; c += kThreads) {
+    const long long b = col0 + c;
+    const bool partner = b != a && (view_rows == 0 || (a < view_rows) == (b < view_rows));
+    S w = S(0);
+    if (partner) {
+      S s;
+      if constexpr (Sim == Similarity::kGaussian) {
+        s = gaussian_log_similarity(g[c], norm_a, norm_sq[b], log_mu, inv_two_sigma_sq);
+      } else {
+        s = log_mu + g[c] * inv_tau;
+      }
+      S term, dterm, scale;
+      if (b == positive) {
+        positive_term<D>(s, tsallis_alpha, term, dterm);
+        scale = orientations * S(p.positive_scale);
+      } else {
+        negative_term<D>(s, tsallis_alpha, term, dterm);
+        scale = orientations * S(p.negative_scale);
+      }
+      row_value += double(scale * term);
+      w = scale * dterm * dlogr_dgram;
+      row_wsum += double(w);
+    }
+    g[c] = w;
+  }
+  row_value = block_sum(row_value);
+  row_wsum = block_sum(row_wsum);
+  if (threadIdx.x == 0) {
+    value[r] += row_value;
+    wsum[r] += row_wsum;
+  }
+}
+
+// InfoNCE pass 1: merges tile row r (anchor a = rows[r]) into its running log-sum-exp over the
+// partners b != a, LSE = row_max[r] + log(row_sum[r]) (row_max starts at -inf), and records the
+// positive logit when the positive's column is in this tile.
+template <class S>
+__global__ void __launch_bounds__(kThreads)
+    infonce_stats_kernel(const InfonceParams p, const S* __restrict__ tile, const long long ncols,
+                         const long long col0, const int64_t* __restrict__ rows,
+                         double* __restrict__ row_max, double* __restrict__ row_sum,
+                         double* __restrict__ positive_logit) {
+  const long long r = blockIdx.x;
+  const long long a = rows[r];
+  const S* g = tile + r * ncols;
+  const long long positive = positive_index(a, p.half_rows);
+  const S inv_tau = S(p.inv_tau);
+  constexpr double kMinusInf = -std::numeric_limits<double>::infinity();
+
+  double tile_max = kMinusInf;
+  for (long long c = threadIdx.x; c < ncols; c += kThreads) {
+    const long long b = col0 + c;
+    if (b == a) continue;
+    const S logit = g[c] * inv_tau;
+    tile_max = fmax(tile_max, double(logit));
+    if (b == positive) positive_logit[r] = double(logit);
+  }
+  tile_max = block_max(tile_max);
+  if (tile_max == kMinusInf) return;  // a 1-column tile holding only the anchor (whole block)
+  const double old_max = row_max[r];
+  const double new_max = fmax(old_max, tile_max);
+  const S shift = S(new_max);
+  double sum = 0.0;
+  for (long long c = threadIdx.x; c < ncols; c += kThreads) {
+    if (col0 + c != a) sum += double(math::exp(g[c] * inv_tau - shift));
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    row_sum[r] = row_sum[r] * ::exp(old_max - new_max) + sum;
+    row_max[r] = new_max;
+  }
+}
+
+// InfoNCE pass 2: W_ab = anchor_scale / tau * (softmax_a(b) - [b = p(a)]) in place of G; plus
+// the same for anchor b over its partners (a among them) when lse_col (M,), the log-sum-exp of
+// every row, is given: the entry then stands for both orientations.
+template <class S>
+__global__ void __launch_bounds__(kThreads)
+    infonce_weights_kernel(const InfonceParams p, S* __restrict__ tile, const long long ncols,
+                           const long long col0, const int64_t* __restrict__ rows,
+                           const double* __restrict__ lse, const double* __restrict__ lse_col) {
+  const long long r = blockIdx.x;
+  const long long a = rows[r];
+  S* g = tile + r * ncols;
+  const long long positive = positive_index(a, p.half_rows);
+  const S inv_tau = S(p.inv_tau);
+  const S lse_a = S(lse[r]);
+  const S scale = S(p.anchor_scale * p.inv_tau);
+  for (long long c = threadIdx.x; c < ncols; c += kThreads) {
+    const long long b = col0 + c;
+    S w = S(0);
+    if (b != a) {
+      const S logit = g[c] * inv_tau;
+      w = math::exp(logit - lse_a) * scale;
+      if (lse_col != nullptr) w += math::exp(logit - S(lse_col[b])) * scale;
+      if (b == positive) w -= lse_col != nullptr ? S(2) * scale : scale;
+    }
+    g[c] = w;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host code: checks, the tile walk, the three ops
+// ---------------------------------------------------------------------------------------------
+
+Divergence parse_divergence(std::string_view name) {
+  if (name == "kl") return Divergence::kKL;
+  if (name == "js") return Divergence::kJS;
+  if (name == "pearson") return Divergence::kPearson;
+  if (name == "sh") return Divergence::kSH;
+  if (name == "tsallis") return Divergence::kTsallis;
+  if (name == "vlc") return Divergence::kVLC;
+  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown divergence '", name,
+              "'; expected one of kl, js, pearson, sh, tsallis, vlc");
+}
+
+Similarity parse_similarity(std::string_view name) {
+  if (name == "gaussian") return Similarity::kGaussian;
+  if (name == "cosine") return Similarity::kCosine;
+  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown similarity '", name, "'; expected gaussian or cosine");
+}
+
+void check_embeddings(const char* op, const at::Tensor& z) {
+  FMICL_CHECK_DEVICE(op, z, at::kCUDA);
+  FMICL_CHECK_DIM(op, z, 2);
+  FMICL_CHECK_CONTIGUOUS(op, z);
+  FMICL_CHECK_FLOATING(op, z);
+  FMICL_CHECK_ARG(op, z.size(1) >= 1, "z must have at least one column, got shape ", z.sizes());
+  FMICL_CHECK_ARG(op, z.size(0) % 2 == 0 && z.size(0) >= 4,
+                  "z must hold 2N rows [z1; z2] with N >= 2, got shape ", z.sizes());
+}
+
+// (A,) int64 on z's device: the anchor rows, all M rows when `anchors` is None.
+at::Tensor anchor_rows(const char* op, const std::optional<at::Tensor>& anchors, const at::Tensor& z) {
+  const long long rows = z.size(0);
+  if (!anchors.has_value()) return at::arange(rows, z.options().dtype(at::kLong));
+  const at::Tensor& a = *anchors;
+  FMICL_CHECK_SAME_DEVICE(op, a, z);
+  FMICL_CHECK_DIM(op, a, 1);
+  FMICL_CHECK_DTYPE(op, a, at::kLong);
+  if (a.numel() > 0) {  // a sync point, but an index out of range would be a device-side assert
+    const auto [lo_t, hi_t] = at::aminmax(a);
+    const long long lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>();
+    FMICL_CHECK_ARG(op, lo >= 0 && hi < rows, "anchors must index rows of z (0..", rows - 1,
+                    "), got values in [", lo, ", ", hi, "]");
+  }
+  return a.contiguous();
+}
+
+long long tile_rows(const char* op, int64_t tile, long long rows) {
+  FMICL_CHECK_ARG(op, tile >= 0, "tile must be >= 0 (0 = default), got ", tile);
+  return std::max<long long>(1, std::min<long long>(tile == 0 ? kDefaultTile : tile, rows));
+}
+
+// The rows the pairwise math sees: z in the compute dtype (float32 for half types), L2-normalised
+// like torch.nn.functional.normalize when asked. `norm` keeps |z| for the backward.
+struct Rows {
+  at::Tensor x;     // (M, d) compute dtype, contiguous
+  at::Tensor norm;  // (M, 1) |z_a| when normalised, else undefined
+};
+
+Rows prepare_rows(const at::Tensor& z, bool normalize) {
+  const auto dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor x = z.to(dtype).contiguous();
+  if (!normalize) return {x, at::Tensor()};
+  at::Tensor norm = at::linalg_vector_norm(x, 2, {1}, /*keepdim=*/true);
+  return {(x / norm.clamp_min(kNormEps)).contiguous(), norm};
+}
+
+// d/dz of x = z / max(|z|, eps), applied to dx (in place).
+at::Tensor normalize_backward(at::Tensor dx, const Rows& rows) {
+  if (!rows.norm.defined()) return dx;
+  const at::Tensor& u = rows.x;
+  const at::Tensor radial = (u * dx).sum(1, /*keepdim=*/true) * (rows.norm > kNormEps);
+  return dx.sub_(u * radial).div_(rows.norm.clamp_min(kNormEps));
+}
+
+// Walks the tiles (anchor rows I) x (all rows J): G_IJ = X_I X_J^T into a buffer, then
+// epilogue(w, i0, ti, j0, tj), which turns it into W_IJ in place (or only reads it), then, when
+// dx is given, dX_I += W X_J and dX_J += W^T X_I. x (M, d), rows (A,), dx (M, d).
+// upper_triangle: only J >= I (rows must then be every row in order, 0 .. M-1).
+template <class Epilogue>
+void walk_tiles(const at::Tensor& x, const at::Tensor& rows, long long tile, bool upper_triangle,
+                at::Tensor* dx, Epilogue&& epilogue) {
+  const long long n = x.size(0), num_anchors = rows.size(0);
+  if (num_anchors == 0) return;
+  const long long tile_i = std::min(tile, num_anchors), tile_j = std::min(tile, n);
+  at::Tensor buffer = at::empty({tile_i * tile_j}, x.options());
+  at::Tensor d_anchor_rows;  // (A, d): dX of the anchors' tile rows, scattered to dx at the end
+  if (dx != nullptr) d_anchor_rows = at::zeros({num_anchors, x.size(1)}, x.options());
+  for (long long i0 = 0; i0 < num_anchors; i0 += tile_i) {
+    const long long ti = std::min(tile_i, num_anchors - i0);
+    const at::Tensor x_i = x.index_select(0, rows.narrow(0, i0, ti));  // ti x d
+    for (long long j0 = upper_triangle ? i0 : 0; j0 < n; j0 += tile_j) {
+      const long long tj = std::min(tile_j, n - j0);
+      const at::Tensor x_j = x.narrow(0, j0, tj);  // tj x d
+      at::Tensor w = buffer.narrow(0, 0, ti * tj).view({ti, tj});
+      at::mm_out(w, x_i, x_j.t());
+      epilogue(w, i0, ti, j0, tj);
+      if (dx != nullptr) {
+        d_anchor_rows.narrow(0, i0, ti).addmm_(w, x_j);
+        dx->narrow(0, j0, tj).addmm_(w.t(), x_i);
+      }
+    }
+  }
+  if (dx != nullptr) dx->index_add_(0, rows, d_anchor_rows);
+}
+
+template <class S, Divergence D, Similarity Sim>
+void launch_fmicl_epilogue(const FmiclParams& p, int orientations, at::Tensor& w, long long j0,
+                           const int64_t* rows, const at::Tensor& norm_sq, long long view_rows,
+                           double* value, double* wsum) {
+  const long long ti = w.size(0), tj = w.size(1);
+  fmicl_epilogue_kernel<S, D, Sim><<<ti, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      p, S(p.dlogr_dgram()), S(orientations), w.data_ptr<S>(), tj, j0, rows, norm_sq.data_ptr<S>(),
+      view_rows, value, wsum);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <class S, Similarity Sim>
+void dispatch_divergence(const FmiclParams& p, int orientations, at::Tensor& w, long long j0,
+                         const int64_t* rows, const at::Tensor& norm_sq, long long view_rows,
+                         double* value, double* wsum) {
+  switch (p.divergence) {
+#define FMICL_DIVERGENCE_CASE(D) \
+  case D:                        \
+    return launch_fmicl_epilogue<S, D, Sim>(p, orientations, w, j0, rows, norm_sq, view_rows, value, wsum);
+    FMICL_DIVERGENCE_CASE(Divergence::kKL)
+    FMICL_DIVERGENCE_CASE(Divergence::kJS)
+    FMICL_DIVERGENCE_CASE(Divergence::kPearson)
+    FMICL_DIVERGENCE_CASE(Divergence::kSH)
+    FMICL_DIVERGENCE_CASE(Divergence::kTsallis)
+    FMICL_DIVERGENCE_CASE(Divergence::kVLC)
+#undef FMICL_DIVERGENCE_CASE
+  }
+  TORCH_INTERNAL_ASSERT(false, "fmicl_fwd_bwd: divergence ", int(p.divergence), " not dispatched");
+}
+
+// Per anchor slot (A,) float64: the sum of its scaled f-MICL terms (or uniformity sums); the
+// gradient of their total is added into dx. view_rows > 0 restricts partners to the anchor's view.
+// whole_batch: rows is every row in order, so only the tiles J >= I are formed.
+template <class S>
+at::Tensor fmicl_sums(const FmiclParams& p, const at::Tensor& x, const at::Tensor& rows,
+                      bool whole_batch, long long view_rows, at::Tensor& dx, long long tile) {
+  const bool gaussian = p.similarity == Similarity::kGaussian;
+  const at::Tensor norm_sq = (x * x).sum(1).contiguous();  // (M,)
+  const auto f64 = x.options().dtype(at::kDouble);
+  at::Tensor value = at::zeros({rows.size(0)}, f64);
+  at::Tensor wsum = at::zeros({rows.size(0)}, f64);  // Σ_b W_ab of each anchor slot
+  at::Tensor degree = at::zeros({x.size(0)}, x.options());  // Σ of W over row a and column a
+  walk_tiles(x, rows, tile, whole_batch, &dx, [&](at::Tensor& w, long long i0, long long, long long j0, long long tj) {
+    const int orientations = whole_batch && j0 != i0 ? 2 : 1;
+    const int64_t* tile_rows_ptr = rows.data_ptr<int64_t>() + i0;
+    double* value_ptr = value.data_ptr<double>() + i0;
+    double* wsum_ptr = wsum.data_ptr<double>() + i0;
+    if (gaussian) {
+      dispatch_divergence<S, Similarity::kGaussian>(p, orientations, w, j0, tile_rows_ptr, norm_sq,
+                                                     view_rows, value_ptr, wsum_ptr);
+      degree.narrow(0, j0, tj).add_(w.sum(0));
+    } else {
+      dispatch_divergence<S, Similarity::kCosine>(p, orientations, w, j0, tile_rows_ptr, norm_sq,
+                                                   view_rows, value_ptr, wsum_ptr);
+    }
+  });
+  if (gaussian) {  // log r depends on |x_a|^2 and |x_b|^2 too: d/d|x_a|^2 = -½ d/dG_ab
+    degree.index_add_(0, rows, wsum.to(x.scalar_type()));
+    dx.sub_(x * degree.unsqueeze(1));
+  }
+  return value;
+}
+
+// The InfoNCE sum over the anchors; the gradient is added into dx.
+template <class S>
+at::Tensor infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Tensor& rows,
+                       bool whole_batch, at::Tensor& dx, long long tile) {
+  const auto f64 = x.options().dtype(at::kDouble);
+  const long long num_anchors = rows.size(0);
+  at::Tensor row_max = at::full({num_anchors}, -std::numeric_limits<double>::infinity(), f64);
+  at::Tensor row_sum = at::zeros({num_anchors}, f64);
+  at::Tensor positive_logit = at::zeros({num_anchors}, f64);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  // Pass 1: the log-sum-exp of every anchor over all its partners.
+  walk_tiles(x, rows, tile, /*upper_triangle=*/false, nullptr, [&](at::Tensor& w, long long i0, long long ti, long long j0, long long tj) {
+    infonce_stats_kernel<S><<<ti, kThreads, 0, stream>>>(
+        p, w.data_ptr<S>(), tj, j0, rows.data_ptr<int64_t>() + i0, row_max.data_ptr<double>() + i0,
+        row_sum.data_ptr<double>() + i0, positive_logit.data_ptr<double>() + i0);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const at::Tensor lse = row_max + row_sum.log();  // (A,)
+
+  // Pass 2: the softmax weights into the gradient.
+  walk_tiles(x, rows, tile, whole_batch, &dx, [&](at::Tensor& w, long long i0, long long ti, long long j0, long long tj) {
+    const double* lse_col = whole_batch && j0 != i0 ? lse.data_ptr<double>() : nullptr;
+    infonce_weights_kernel<S><<<ti, kThreads, 0, stream>>>(
+        p, w.data_ptr<S>(), tj, j0, rows.data_ptr<int64_t>() + i0, lse.data_ptr<double>() + i0, lse_col);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return (lse - positive_logit).sum() * p.anchor_scale;
+}
+
+std::tuple<at::Tensor, at::Tensor> fmicl_fwd_bwd_cuda(const at::Tensor& z,
+                                                      const std::optional<at::Tensor>& anchors,
+                                                      c10::string_view divergence_name,
+                                                      c10::string_view similarity_name, double sigma,
+                                                      double tau, double mu, double alpha,
+                                                      double tsallis_alpha, bool normalize,
+                                                      int64_t tile) {
+  constexpr const char* op = "fmicl_fwd_bwd";
+  check_embeddings(op, z);
+  const c10::cuda::CUDAGuard device_guard(z.device());
+  const Divergence divergence = parse_divergence(std::string_view(divergence_name.data(), divergence_name.size()));
+  const Similarity similarity = parse_similarity(std::string_view(similarity_name.data(), similarity_name.size()));
+  if (similarity == Similarity::kGaussian) FMICL_CHECK_POSITIVE(op, "sigma", sigma);
+  if (similarity == Similarity::kCosine) FMICL_CHECK_POSITIVE(op, "tau", tau);
+  FMICL_CHECK_POSITIVE(op, "mu", mu);
+  FMICL_CHECK_ARG(op, alpha >= 0.0 && std::isfinite(alpha), "alpha must be finite and >= 0, got ", alpha);
+  if (divergence == Divergence::kTsallis) {
+    FMICL_CHECK_ARG(op, tsallis_alpha > 0.0 && tsallis_alpha != 1.0 && std::isfinite(tsallis_alpha),
+                    "tsallis_alpha must be finite, > 0 and != 1, got ", tsallis_alpha);
+  }
+  const long long num_rows = z.size(0);
+  const long long t = tile_rows(op, tile, num_rows);
+  const at::Tensor rows = anchor_rows(op, anchors, z);
+  const Rows x = prepare_rows(z, normalize || similarity == Similarity::kCosine);
+  const FmiclParams p =
+      fmicl_params(num_rows, z.size(1), divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha);
+  at::Tensor dx = at::zeros_like(x.x);
+  at::Tensor value;
+  AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
+    value = fmicl_sums<scalar_t>(p, x.x, rows, !anchors.has_value(), /*view_rows=*/0, dx, t);
+  });
+  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
+  return {value.sum(), grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> infonce_fwd_bwd_cuda(const at::Tensor& z,
+                                                        const std::optional<at::Tensor>& anchors,
+                                                        double tau, int64_t tile) {
+  constexpr const char* op = "infonce_fwd_bwd";
+  check_embeddings(op, z);
+  const c10::cuda::CUDAGuard device_guard(z.device());
+  FMICL_CHECK_POSITIVE(op, "tau", tau);
+  const long long num_rows = z.size(0);
+  const long long t = tile_rows(op, tile, num_rows);
+  const at::Tensor rows = anchor_rows(op, anchors, z);
+  const Rows x = prepare_rows(z, /*normalize=*/true);
+  const InfonceParams p = infonce_params(num_rows, z.size(1), tau);
+  at::Tensor dx = at::zeros_like(x.x);
+  at::Tensor value;
+  AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
+    value = infonce_sum<scalar_t>(p, x.x, rows, !anchors.has_value(), dx, t);
+  });
+  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
+  return {value, grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> uniformity_fwd_bwd_cuda(const at::Tensor& z,
+                                                           const std::optional<at::Tensor>& anchors,
+                                                           double t, int64_t tile) {
+  constexpr const char* op = "uniformity_fwd_bwd";
+  check_embeddings(op, z);
+  const c10::cuda::CUDAGuard device_guard(z.device());
+  FMICL_CHECK_POSITIVE(op, "t", t);
+  const long long num_rows = z.size(0), half = num_rows / 2;
+  const long long tr = tile_rows(op, tile, num_rows);
+  const at::Tensor rows = anchor_rows(op, anchors, z);
+  const Rows x = prepare_rows(z, /*normalize=*/true);
+  const FmiclParams p = uniformity_params(half, z.size(1), t);
+  at::Tensor dx = at::zeros_like(x.x);
+  at::Tensor value;  // (A,) per anchor slot
+  AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
+    value = fmicl_sums<scalar_t>(p, x.x, rows, !anchors.has_value(), /*view_rows=*/half, dx, tr);
+  });
+  // sums[v]: the anchors of view v (rows >= half are view 1).
+  at::Tensor sums = at::zeros({2}, value.options()).index_add_(0, (rows >= half).to(at::kLong), value);
+  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
+  return {sums, grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fmicl, CUDA, m) {
+  m.impl("fmicl_fwd_bwd", &fmicl_fwd_bwd_cuda);
+  m.impl("infonce_fwd_bwd", &infonce_fwd_bwd_cuda);
+  m.impl("uniformity_fwd_bwd", &uniformity_fwd_bwd_cuda);
+}
+
+}  // namespace fmicl::cuda

@@ -1,0 +1,170 @@
+"""Exact distributed negatives for the fused pairwise losses (``gather_distributed=True``).
+
+Each rank scores its own anchors against every rank's embeddings, so W ranks with n pairs each
+compute exactly the loss of one process holding the global batch of N = W·n pairs; no rank forms
+the pairwise matrix (the fused op tiles it) and no rank repeats another's anchors.
+
+Layout. The ranks' ``[z1; z2]`` blocks are all-gathered and rearranged into the global layout of
+LOSSES.md, ``Z = [z1_all; z2_all]`` (2N, d) with ``z1_all = [z1 of rank 0; z1 of rank 1; ...]``,
+so the positive of global anchor a is (a + N) mod 2N: rank r's z1 row i (global row r·n + i) pairs
+with rank r's z2 row i (global row N + r·n + i). Rank r's anchors are its own 2n rows in those
+global indices; the ranks' anchor sets partition {0 … 2N−1}.
+
+Convention (value and gradient), chosen so that DDP training equals single-process training on
+the global batch:
+
+- fmicl / infonce: the fused op returns ``loss_r``, the sum of rank r's per-anchor terms with the
+  GLOBAL normalisers, so ``Σ_r loss_r`` is the global loss L. Each rank returns ``W · loss_r``:
+  the mean over ranks of the returned values is L (average it across ranks to log L).
+- uniformity (L_uniform of Wang & Isola, a log of a global mean, not a sum over anchors): the
+  ranks' additive pieces are all-reduced and every rank returns L itself.
+- In both cases the gradient with respect to rank r's local rows is ``W · ∂L/∂(its rows)``: the
+  ranks' (2N, d) gradients are summed (reduce-scatter), which is what differentiating through an
+  all-gather means when each rank's output counts once. DDP averages parameter gradients over
+  the W ranks; that 1/W cancels the W, so the parameters receive exactly ∂L/∂θ.
+
+Every rank must hold the same number of pairs n (DistributedSampler guarantees it); the
+collectives reject unequal sizes. Backends: any with single-tensor all-gather and reduce-scatter
+(NCCL; gloo in torch 2.14).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+# torch 2.14 renamed the single-tensor collectives and deprecated the old names (a warning on
+# every call); older torch has only the old names.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+# The ops of cpp/bindings/ops.cpp that return (sum over anchors of per-anchor terms, its gradient).
+ADDITIVE_OPS = ("fmicl_fwd_bwd", "infonce_fwd_bwd")
+UNIFORMITY_OP = "uniformity_fwd_bwd"
+
+
+def fused_op(op_name: str):
+    """torch.ops.fmicl.<op_name>: (z, anchors, *op_args) -> (loss pieces, grad_z)."""
+    from fmicl_engine import _ext  # noqa: F401  (loads _C, which registers torch.ops.fmicl)
+
+    return getattr(torch.ops.fmicl, op_name)
+
+
+def to_global_layout(rank_blocks: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Rank-major gathered rows (W·2n, d), each rank's [z1; z2], -> [z1_all; z2_all] (2N, d)."""
+    rows, d = rank_blocks.shape
+    n = rows // (2 * world_size)
+    return rank_blocks.view(world_size, 2, n, d).transpose(0, 1).reshape(rows, d)
+
+
+def from_global_layout(global_rows: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Inverse of to_global_layout: [z1_all; z2_all] (2N, d) -> rank-major (W·2n, d)."""
+    rows, d = global_rows.shape
+    n = rows // (2 * world_size)
+    return global_rows.view(2, world_size, n, d).transpose(0, 1).reshape(rows, d)
+
+
+def rank_anchors(rank: int, world_size: int, n: int, device: torch.device) -> torch.Tensor:
+    """Global indices of rank `rank`'s anchors: its z1 rows, then its z2 rows.  (2n,) int64"""
+    local = torch.arange(n, dtype=torch.int64, device=device) + rank * n
+    return torch.cat([local, local + world_size * n])
+
+
+def gather_global_batch(z1: torch.Tensor, z2: torch.Tensor, group) -> torch.Tensor:
+    """Every rank's rows in the global layout.  (n, d), (n, d) -> (2N, d)"""
+    world_size = dist.get_world_size(group)
+    local = torch.cat([z1, z2]).contiguous()  # 2n x d
+    gathered = local.new_empty((world_size * local.shape[0], local.shape[1]))
+    _all_gather_single(gathered, local, group=group)
+    return to_global_layout(gathered, world_size)
+
+
+def sum_row_grads(grad_global: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the ranks' (2N, d) gradients and keep this rank's rows: (n, d) for z1 and for z2."""
+    world_size = dist.get_world_size(group)
+    rank_major = from_global_layout(grad_global, world_size).contiguous()  # W·2n x d
+    mine = rank_major.new_empty((rank_major.shape[0] // world_size, rank_major.shape[1]))
+    _reduce_scatter_single(mine, rank_major, op=dist.ReduceOp.SUM, group=group)
+    return mine.chunk(2)
+
+
+def _gather_and_run(op_name, z1, z2, op_args, group):
+    """All-gather, then the fused op on this rank's anchors: (pieces, grad_z (2N, d))."""
+    world_size, rank = dist.get_world_size(group), dist.get_rank(group)
+    z = gather_global_batch(z1.detach(), z2.detach(), group)  # 2N x d
+    anchors = rank_anchors(rank, world_size, z1.shape[0], z.device)
+    return fused_op(op_name)(z, anchors, *op_args)
+
+
+class _DistributedAdditiveLoss(torch.autograd.Function):
+    """W · (this rank's anchors' share of the global loss); see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, z1, z2, op_name, op_args, group):
+        loss_sum, grad_z = _gather_and_run(op_name, z1, z2, op_args, group)  # (), 2N x d
+        if any(ctx.needs_input_grad[:2]):
+            ctx.save_for_backward(grad_z)
+        ctx.group = group
+        ctx.world_size = dist.get_world_size(group)
+        return loss_sum * ctx.world_size
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        (grad_z,) = ctx.saved_tensors
+        # grad_loss may differ between ranks (per-rank loss scaling), so scale before summing.
+        scale = (grad_loss * ctx.world_size).to(grad_z.dtype)
+        grad_z1, grad_z2 = sum_row_grads(grad_z * scale, ctx.group)
+        return grad_z1, grad_z2, None, None, None
+
+
+class _DistributedUniformity(torch.autograd.Function):
+    """L_uniform = ½ Σ_v log(S_v / (N(N−1)/2)) of the global batch, S_v = Σ_{i<j in view v} exp(-t D_ij)."""
+
+    @staticmethod
+    def forward(ctx, z1, z2, op_args, group):
+        sum_exp, grad_z = _gather_and_run(UNIFORMITY_OP, z1, z2, op_args, group)  # (2,), 2N x d
+        dist.all_reduce(sum_exp, op=dist.ReduceOp.SUM, group=group)  # this rank's pieces -> S
+        n_global = grad_z.shape[0] // 2
+        pairs = n_global * (n_global - 1) / 2
+        # d L / d(rows of view v) = ½ dS_v / S_v: scale each view's rows of this rank's share.
+        if any(ctx.needs_input_grad[:2]):
+            view_scale = (0.5 / sum_exp).to(grad_z.dtype).repeat_interleave(n_global)[:, None]
+            ctx.save_for_backward(grad_z * view_scale)
+        ctx.group = group
+        ctx.world_size = dist.get_world_size(group)
+        return 0.5 * (torch.log(sum_exp[0] / pairs) + torch.log(sum_exp[1] / pairs))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        (grad_z,) = ctx.saved_tensors
+        scale = (grad_loss * ctx.world_size).to(grad_z.dtype)
+        grad_z1, grad_z2 = sum_row_grads(grad_z * scale, ctx.group)
+        return grad_z1, grad_z2, None, None
+
+
+def distributed_pairwise_loss(op_name: str, z1: torch.Tensor, z2: torch.Tensor, op_args: tuple = (),
+                              group=None) -> torch.Tensor:
+    """The global-batch loss term of ``torch.ops.fmicl.<op_name>``, in the convention above.
+
+    op_name: "fmicl_fwd_bwd" or "infonce_fwd_bwd" -> W × this rank's share of the loss (0-dim,
+        the op's dtype: float64); "uniformity_fwd_bwd" -> L_uniform of the global batch.
+    z1, z2: (n, d) this rank's two views, raw (the op normalises where its arguments say so).
+    op_args: the op's arguments after ``anchors``, e.g. for fmicl_fwd_bwd (divergence, similarity,
+        sigma, tau, mu, alpha, tsallis_alpha, normalize, tile); for uniformity_fwd_bwd (t, tile).
+    group: the process group (default: the global one).
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "gather_distributed=True needs an initialised torch.distributed process group "
+            "(e.g. launch with torchrun and call torch.distributed.init_process_group)"
+        )
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must both be (n, d); got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if op_name in ADDITIVE_OPS:
+        return _DistributedAdditiveLoss.apply(z1, z2, op_name, tuple(op_args), group)
+    if op_name == UNIFORMITY_OP:
+        return _DistributedUniformity.apply(z1, z2, tuple(op_args), group)
+    raise ValueError(f"distributed_pairwise_loss: unknown op {op_name!r}; expected one of "
+                     f"{ADDITIVE_OPS + (UNIFORMITY_OP,)}")

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Compile-checks the extension WITH the CUDA kernels (cpp/cuda/*.cu) on a machine without a GPU.
+# Builds into its own folder (default build/cuda-check) and never touches the installed
+# extension. Needs nvcc 13 and the nvidia-*-cu13 wheels torch depends on (cublas/cusparse headers).
+#
+#   scripts/build_cuda_check.sh [build-dir]
+#
+# Env: CUDA_HOME (default /usr/local/cuda-13.0: the real toolkit, not a wrapper `nvcc` on PATH),
+#      FMICL_CUDA_ARCH (default 90: one architecture keeps a .cu TU at ~30 s on 2 cores),
+#      FMICL_BUILD_JOBS (default 2).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build_dir="${1:-$repo/build/cuda-check}"
+cuda_home="${CUDA_HOME:-/usr/local/cuda-13.0}"
+arch="${FMICL_CUDA_ARCH:-90}"
+python="${PYTHON:-python}"
+
+if [[ ! -x "$cuda_home/bin/nvcc" ]]; then
+  echo "build_cuda_check: no nvcc at $cuda_home/bin/nvcc; set CUDA_HOME to the CUDA toolkit root" >&2
+  exit 1
+fi
+
+# CMake derives the toolkit root from the compiler's folder, so name the real nvcc (BUILD.md).
+export TORCH_CUDA_ARCH_LIST="${arch:0:1}.${arch:1}"
+cmake -S "$repo" -B "$build_dir" -G Ninja \
+  -DFMICL_CUDA=ON \
+  -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CUDA_COMPILER="$cuda_home/bin/nvcc" \
+  -DCUDAToolkit_ROOT="$cuda_home" \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+  -DPython_EXECUTABLE="$(command -v "$python")"
+cmake --build "$build_dir" -j "${FMICL_BUILD_JOBS:-2}"
+
+# The device code is really in the module: its fatbinary section and the kernels' host stubs.
+module="$(find "$build_dir" -maxdepth 1 -name '_C*.so' | head -n 1)"
+echo "build_cuda_check: built $module"
+fatbin_hex="$(objdump -h "$module" | awk '$2 == ".nv_fatbin" {print $3}')"
+if [[ -z "$fatbin_hex" ]]; then
+  echo "build_cuda_check: no .nv_fatbin section: no device code was compiled in" >&2
+  exit 1
+fi
+echo "  .nv_fatbin section: $((16#$fatbin_hex)) bytes of device code"
+# One host stub per kernel instantiation; count them per kernel template.
+nm "$module" | grep -oE '__device_stub__[A-Za-z0-9_]*E8__handle' | sort -u | grep -oE '[a-z_]+_kernel' | sort | uniq -c \
+  | awk '{print "  " $2 ": " $1 " instantiations"}' || true
