@@ -10,9 +10,8 @@ Order of operations, as torchvision's SimCLR/BYOL pipelines on PIL images (uint8
 after each step): crop+resize, [ColorJitter's four in the sampled order], grayscale, blur,
 solarise, normalise; the horizontal flip is applied last, in ``crop_mirror_normalize``, which is
 equivalent because every operation it moves past commutes with a mirror. Each operation matches
-torchvision's to rounding except the hue shift, a rotation about RGB's grey axis instead of
-torchvision's HSV shift (see hue_rotation_matrices), and the blur, whose window is cut at
-3 sigma (see view_inputs).
+torchvision's to rounding, the hue shift bit for bit (see shift_hue), except the blur, whose
+window is cut at 3 sigma (see view_inputs).
 """
 
 from __future__ import annotations
@@ -29,20 +28,24 @@ import torch
 from fmicl_engine.data.image_index import ImageIndex, report_bad_file
 from fmicl_engine.data.recipe import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD,
                                       AugmentationRecipe)
-from fmicl_engine.data.sampler import (BRIGHTNESS, CONTRAST, SATURATION, ViewPairParams,
+from fmicl_engine.data.sampler import (BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewPairParams,
                                        sample_view_pairs, shard_indices)
 
 DECODE_MODES = ("full", "slice")
 _VIEW_FIELDS = ("roi_start", "roi_end", "flip", "jitter", "brightness", "contrast", "saturation",
-                "hue_matrix", "order0", "order1", "order2", "order3", "grayscale", "blur", "sigma",
-                "blur_window", "solarize")
+                "step0", "step1", "step2", "hue_shift", "step3", "step4", "step5", "grayscale",
+                "blur", "sigma", "blur_window", "solarize")
+_AFTER_HUE = ("hue_shift", "step3", "step4", "step5")
+NO_STEP = -1  # a jitter step that does nothing
 
 
-def input_names(decode: str) -> tuple[str, ...]:
-    """The pipeline's inputs; "slice" decoding also reads the window both views lie in."""
-    window = ("window_start", "window_shape") if decode == "slice" else ()
+def input_names(config: PipelineConfig) -> tuple[str, ...]:
+    """The pipeline's inputs; "slice" decoding also reads the window both views lie in, and a
+    view without hue jitter has neither a hue shift nor steps after it."""
+    window = ("window_start", "window_shape") if config.decode == "slice" else ()
     return ("encoded", "labels") + window + tuple(
-        f"view{v}_{name}" for v in (1, 2) for name in _VIEW_FIELDS)
+        f"view{v}_{name}" for v in (1, 2) for name in _VIEW_FIELDS
+        if name not in _AFTER_HUE or config.hue[v - 1])
 
 
 def _dali():
@@ -56,21 +59,27 @@ def _dali():
     return fn, pipeline_def, types
 
 
-def hue_rotation_matrices(shift: np.ndarray) -> np.ndarray:
-    """(n, 9) float32: rotations of RGB about the grey axis by 2 pi * shift (row-major 3x3).
-
-    torchvision shifts the hue in HSV, which is not linear; this rotation preserves grey and the
-    mean, equals the HSV shift at multiples of 1/3 turn, and is about twice as close to it as
-    DALI's YIQ rotation (fn.hue) at the recipes' shifts (|shift| <= 0.2), at the cost of three
-    multiply-adds per channel. The exact HSV shift as DALI arithmetic costs ~4x more on CPU."""
-    angle = 2.0 * np.pi * shift.astype(np.float64)
-    c, s = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    axis_cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / np.sqrt(3.0)
-    matrices = c * np.eye(3) + (1.0 - c) * np.full((3, 3), 1.0 / 3.0) + s * axis_cross
-    return np.ascontiguousarray(matrices.reshape(-1, 9), dtype=np.float32)
+def hue_shifts(factors: np.ndarray) -> np.ndarray:
+    """(n,) uint8: the amount torchvision's adjust_hue adds to a PIL image's 8-bit hue (modulo
+    256) for hue factors in [-0.5, 0.5]: int32(factor * 255), truncated toward zero."""
+    return (np.trunc(factors.astype(np.float64) * 255.0).astype(np.int64) % 256).astype(np.uint8)
 
 
-def view_inputs(params: ViewPairParams, decode: str, blur_window: int) -> dict[str, np.ndarray]:
+def jitter_steps(order: np.ndarray, hue: bool) -> np.ndarray:
+    """(n, 6) int32: ColorJitter's order (n x 4 operation indices) as the pipeline runs it:
+    steps 0-2, the hue shift, steps 3-5. Brightness, contrast and saturation each fill one
+    step on their side of the hue, NO_STEP the rest; so the hue, by far the most operators,
+    is built into the graph once rather than once per position. ``hue`` False: the first three
+    steps in order, no hue (the recipe has none)."""
+    n = len(order)
+    others = order[order != HUE].reshape(n, 3).astype(np.int32)
+    hue_at = np.argmax(order == HUE, axis=1)[:, None] if hue else np.full((n, 1), 3)
+    before = np.arange(3)[None, :] < hue_at
+    return np.concatenate([np.where(before, others, NO_STEP),
+                           np.where(before, NO_STEP, others)], axis=1)
+
+
+def view_inputs(params: ViewPairParams, config: PipelineConfig) -> dict[str, np.ndarray]:
     """The per-sample arrays the pipeline reads for both views (batch-first numpy arrays).
 
     Crop windows are (y, x) corners in pixels of the decoded image: the whole image ("full"),
@@ -78,7 +87,7 @@ def view_inputs(params: ViewPairParams, decode: str, blur_window: int) -> dict[s
     crop = params.crop.astype(np.float32)  # n x 2 x (top, left, height, width)
     starts, ends = crop[:, :, :2], crop[:, :, :2] + crop[:, :, 2:]
     out = {}
-    if decode == "slice":
+    if config.decode == "slice":
         window_start, window_end = starts.min(axis=1), ends.max(axis=1)
         out["window_start"] = window_start
         out["window_shape"] = window_end - window_start
@@ -94,9 +103,10 @@ def view_inputs(params: ViewPairParams, decode: str, blur_window: int) -> dict[s
         out[prefix + "brightness"] = np.ascontiguousarray(factors[:, 0])
         out[prefix + "contrast"] = np.ascontiguousarray(factors[:, 1])
         out[prefix + "saturation"] = np.ascontiguousarray(factors[:, 2])
-        out[prefix + "hue_matrix"] = hue_rotation_matrices(factors[:, 3])
-        for slot in range(4):
-            out[prefix + f"order{slot}"] = params.jitter_order[:, v, slot].astype(np.int32)
+        out[prefix + "hue_shift"] = hue_shifts(factors[:, 3])
+        steps = jitter_steps(params.jitter_order[:, v], config.hue[v])
+        for k in range(6):
+            out[prefix + f"step{k}"] = np.ascontiguousarray(steps[:, k])
         out[prefix + "grayscale"] = np.ascontiguousarray(params.grayscale[:, v])
         out[prefix + "blur"] = params.blur_sigma[:, v] > 0
         sigma = np.maximum(params.blur_sigma[:, v], 1e-3)
@@ -104,7 +114,7 @@ def view_inputs(params: ViewPairParams, decode: str, blur_window: int) -> dict[s
         # 2 ceil(3 sigma) + 1 taps hold all but 0.3% of the kernel's weight: up to 3x cheaper
         # than the recipe's fixed kernel for the same image.
         out[prefix + "blur_window"] = np.minimum(
-            2 * np.ceil(3 * sigma).astype(np.int32) + 1, blur_window).astype(np.int32)
+            2 * np.ceil(3 * sigma).astype(np.int32) + 1, config.blur_window).astype(np.int32)
         out[prefix + "solarize"] = np.ascontiguousarray(params.solarize[:, v])
     return out
 
@@ -118,6 +128,9 @@ class PipelineConfig:
     dtype: torch.dtype = torch.float32
     num_threads: int = 2
     prefetch: int = 2
+    # Per view: whether its recipe shifts the hue. ColorJitter(hue=0) never calls adjust_hue,
+    # whose HSV round trip changes pixels even at a zero shift.
+    hue: tuple[bool, bool] = (True, True)
 
 
 _OUTPUT_DTYPES = {torch.float32: "FLOAT", torch.float16: "FLOAT16", torch.bfloat16: "FLOAT"}
@@ -127,41 +140,111 @@ _OUTPUT_DTYPES = {torch.float32: "FLOAT", torch.float16: "FLOAT16", torch.bfloat
 _SOLARIZE_TABLE = [255 - v if v >= SOLARIZE_THRESHOLD else v for v in range(256)]
 
 
-def _colour(x, p, types, fn, config: PipelineConfig):
+# PIL's hue by sextant, indexed by 4 (r < g) + 2 (g < b) + (b < r): in sixths of a turn,
+# hue = base + sign * (max - mid) / (max - min). Code 0 is grey (hue unused), 7 cannot occur.
+_SEXTANT_BASE = (1.0, 1.0, 5.0, -1.0, 3.0, 1.0, 3.0, 0.0)
+_SEXTANT_SIGN = (-1.0, -1.0, -1.0, 1.0, -1.0, 1.0, 1.0, 0.0)
+
+
+def _value_times_saturation() -> list[float]:
+    """By 256 V + (V - min): V times Pillow's 8-bit saturation, floor(255 (V - min) / V)."""
+    value, chroma = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    return (value * (255 * chroma // np.maximum(value, 1))).reshape(-1).astype(float).tolist()
+
+
+_VALUE_TIMES_SATURATION = _value_times_saturation()
+
+
+def _hue_weights(channel: int) -> list[float]:
+    """By 8-bit hue: the fraction (in 1/255) of V S that HSV->RGB takes off the channel. Zero
+    within a sixth of a turn of the channel's own hue (R 0, G 1/3, B 2/3), rising to 255 over
+    the next sixth."""
+    sixths = 6 * np.arange(256)  # the hue in 1/255 sixths; 8-bit hue 255 is a full turn
+    distance = np.abs(sixths - 510 * channel)
+    distance = np.minimum(distance, 1530 - distance)
+    return np.clip(distance - 255, 0, 255).astype(float).tolist()
+
+
+def shift_hue(x, shift):
+    """torchvision's adjust_hue on uint8 RGB HWC images, as it runs on PIL images: Pillow's
+    RGB->HSV with 8-bit H, S, V, ``shift`` (uint8 per sample, see hue_shifts) added to H modulo
+    256, HSV->RGB. Bit-exact on CPU: checked on all 2^24 colours at seven shifts, and the
+    HSV->RGB step (its integer arithmetic in numpy) on every (H, S, V) that RGB->HSV can
+    produce. The GPU runs the same operations, its float32 division IEEE too (not checked here).
+
+    Pillow computes the hue in float as 2 + rc - bc and the like, where one of the two
+    quotients is exactly 1: it is base + sign * q with q = (max - mid) / (max - min) rounded
+    once, which is what is computed here, then h / 6 (+ 1 if negative) times 255, truncated.
+    HSV->RGB is V - round(V S w / 255^2) in integers, w from a table by hue (_hue_weights):
+    Pillow's rounded p, q, t (no exact half occurs, so its float rounding agrees)."""
+    fn, _, types = _dali()
+    from nvidia.dali import math as dmath
+
+    def u8(value):
+        return types.Constant(value, dtype=types.UINT8)
+
+    def i32(value):
+        return types.Constant(value, dtype=types.INT32)
+
+    r, g, b = x[:, :, 0], x[:, :, 1], x[:, :, 2]
+    value = dmath.max(r, dmath.max(g, b))
+    chroma = value - dmath.min(r, dmath.min(g, b))
+    mid = dmath.max(dmath.min(r, g), dmath.min(dmath.max(r, g), b))
+    sextant = (r < g) * u8(4) + (g < b) * u8(2) + (b < r)
+    table = dict(keys=list(range(8)), dtype=types.INT8)
+    base = fn.lookup_table(sextant, values=list(_SEXTANT_BASE), **table)
+    sign = fn.lookup_table(sextant, values=list(_SEXTANT_SIGN), **table)
+    h = base + sign * ((value - mid) / dmath.max(chroma, u8(1)))
+    hue = fn.cast(dmath.floor((h / 6.0 + (h < 0.0)) * 255.0), dtype=types.UINT8)
+    hue = hue + shift  # uint8: wraps modulo 256 as Pillow's
+    key = value * types.Constant(256, dtype=types.UINT16) + chroma
+    value_sat = fn.lookup_table(key, keys=list(range(65536)), values=_VALUE_TIMES_SATURATION,
+                                dtype=types.INT32)
+    channels = [value - (value_sat * fn.lookup_table(hue, keys=list(range(256)),
+                                                     values=_hue_weights(c), dtype=types.UINT8)
+                         + i32(32512)) // i32(65025)
+                for c in range(3)]
+    return fn.reshape(fn.cast(fn.stack(*channels, axis=2), dtype=types.UINT8), layout="HWC")
+
+
+def _colour(x, p, types, fn, config: PipelineConfig, hue: bool):
     """ColorJitter in the sampled order, grayscale, blur, solarisation; uint8 HWC in and out.
 
     Saturation, grayscale and hue are written with colour-space conversions and arithmetic
     rather than fn.saturation / fn.hue: on CPU those measured 3 ms per 224 px image, the
-    expressions below under 1.2 ms."""
-    if p("jitter"):
-        for slot in range(4):
-            op = p(f"order{slot}")
-            if op == BRIGHTNESS:
-                x = fn.brightness_contrast(x, brightness=p("brightness"))
-            elif op == CONTRAST:
-                # torchvision blends with the mean of the grayscale image, not mid-grey.
-                gray = fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY)
-                centre = fn.reductions.mean(gray)
-                if config.device == "gpu":
-                    centre = centre.cpu()  # argument inputs live on the host
-                x = fn.brightness_contrast(x, contrast=p("contrast"), contrast_center=centre)
-            elif op == SATURATION:
-                factor = p("saturation")  # torchvision: blend with the grayscale image
-                x = fn.cast(factor * x + (1.0 - factor) * _grayscale(x, fn, types),
-                            dtype=types.UINT8)
-                x = fn.reshape(x, layout="HWC")  # arithmetic drops the layout; branches need it
-            else:
-                m = p("hue_matrix")
-                r, g, b = x[:, :, 0], x[:, :, 1], x[:, :, 2]
-                x = fn.stack(*[fn.cast(m[3 * c] * r + m[3 * c + 1] * g + m[3 * c + 2] * b,
-                                       dtype=types.UINT8) for c in range(3)], axis=2)
-                x = fn.reshape(x, layout="HWC")
+    saturation expression under 1.2 ms; fn.hue is moreover a YIQ rotation, not torchvision's
+    HSV shift."""
+    if p("jitter"):  # in the sampled order: see jitter_steps
+        for k in range(3):
+            x = _jitter_step(x, p(f"step{k}"), p, types, fn, config)
+        if hue:
+            x = shift_hue(x, p("hue_shift"))
+            for k in range(3, 6):
+                x = _jitter_step(x, p(f"step{k}"), p, types, fn, config)
     if p("grayscale"):
         x = _grayscale(x, fn, types)
     if p("blur"):
         x = fn.gaussian_blur(x, sigma=p("sigma"), window_size=p("blur_window"))
     if p("solarize"):
         x = fn.lookup_table(x, keys=list(range(256)), values=_SOLARIZE_TABLE, dtype=types.UINT8)
+    return x
+
+
+def _jitter_step(x, op, p, types, fn, config: PipelineConfig):
+    """Brightness, contrast or saturation by the per-sample ``op`` (NO_STEP: none)."""
+    if op == BRIGHTNESS:
+        x = fn.brightness_contrast(x, brightness=p("brightness"))
+    elif op == CONTRAST:
+        # torchvision blends with the mean of the grayscale image, not mid-grey.
+        gray = fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY)
+        centre = fn.reductions.mean(gray)
+        if config.device == "gpu":
+            centre = centre.cpu()  # argument inputs live on the host
+        x = fn.brightness_contrast(x, contrast=p("contrast"), contrast_center=centre)
+    elif op == SATURATION:
+        factor = p("saturation")  # torchvision: blend with the grayscale image
+        x = fn.cast(factor * x + (1.0 - factor) * _grayscale(x, fn, types), dtype=types.UINT8)
+        x = fn.reshape(x, layout="HWC")  # arithmetic drops the layout; branches need it
     return x
 
 
@@ -182,7 +265,7 @@ def build_pipeline(source, config: PipelineConfig, batch_size: int, *, device_id
 
     @pipeline_def(enable_conditionals=True)
     def two_views():
-        names = input_names(config.decode)
+        names = input_names(config)
         named = dict(zip(names, fn.external_source(
             source=source, num_outputs=len(names), batch=True, batch_info=True)))
         if config.decode == "full":
@@ -200,7 +283,7 @@ def build_pipeline(source, config: PipelineConfig, batch_size: int, *, device_id
             # Crop and resize in one pass: the view's window is the resize's region of interest.
             x = fn.resize(image, size=size, roi_start=p("roi_start"), roi_end=p("roi_end"),
                           interp_type=types.INTERP_LINEAR, antialias=True)
-            x = _colour(x, p, types, fn, config)
+            x = _colour(x, p, types, fn, config, config.hue[v - 1])
             views.append(fn.crop_mirror_normalize(
                 x, mirror=p("flip"), output_layout="CHW", dtype=out_dtype,
                 mean=[255.0 * m for m in IMAGENET_MEAN], std=[255.0 * s for s in IMAGENET_STD]))
@@ -257,7 +340,7 @@ class DaliTwoViewLoader:
         self.config = PipelineConfig(
             image_size=image_size, blur_window=recipe.blur_kernel_size(image_size),
             device="gpu" if device in ("gpu", "cuda") else "cpu", decode=decode, dtype=dtype,
-            num_threads=num_threads)
+            num_threads=num_threads, hue=(recipe.view1.hue > 0, recipe.view2.hue > 0))
         self._readers = ThreadPoolExecutor(max(2, num_threads), thread_name_prefix="fmicl-read")
         self.skipped_files: list[str] = list(index.skipped)
         self._undecodable: set[int] = set()
@@ -307,7 +390,7 @@ class DaliTwoViewLoader:
         """Everything the pipeline reads for one batch: encoded bytes, labels, view parameters."""
         params = sample_view_pairs(indices, self.index.widths[indices], self.index.heights[indices],
                                    recipe=self.recipe, seed=self.seed, epoch=epoch)
-        inputs = view_inputs(params, self.config.decode, self.config.blur_window)
+        inputs = view_inputs(params, self.config)
         # Reads overlap in threads (they release the GIL): one reader can starve a GPU decoder.
         inputs["encoded"] = list(self._readers.map(
             lambda i: np.fromfile(self.index.paths[i], dtype=np.uint8), indices))
@@ -317,7 +400,7 @@ class DaliTwoViewLoader:
     def _start(self, plan):
         epoch = self.epoch
         batches = [b for _, b in plan if len(b)]
-        names = input_names(self.config.decode)
+        names = input_names(self.config)
 
         def source(info):
             if info.iteration >= len(batches):

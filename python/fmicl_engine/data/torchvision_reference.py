@@ -41,7 +41,7 @@ def apply_view(image: Image.Image, params: ViewPairParams, sample: int, view: in
                 out = F.adjust_contrast(out, c)
             elif op == SATURATION:
                 out = F.adjust_saturation(out, s)
-            else:
+            elif h != 0.0:  # ColorJitter(hue=0) never calls adjust_hue, whose HSV round trip is lossy
                 out = F.adjust_hue(out, h)
     if params.grayscale[sample, view]:
         out = F.rgb_to_grayscale(out, num_output_channels=3)
