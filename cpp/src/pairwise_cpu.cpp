@@ -1,0 +1,417 @@
+// CPU implementation of the pairwise ops declared in cpp/bindings/ops.cpp (contract there).
+//
+// The (M x M) pairwise matrix is walked in tiles of `tile` rows. Each tile G_IJ = X_I X_J^T is
+// one matrix product (at::mm -> MKL sgemm/dgemm), consumed at once by a vectorised epilogue
+// (pairwise_tiles.h) that overwrites it with W_IJ = d(loss_sum)/dG_IJ, and the gradient is
+// accumulated by two more products, dX_I += W_IJ X_J and dX_J += W_IJ^T X_I. Because G is
+// symmetric only tiles J >= I are formed; one entry stands for both orientations (a, b) and
+// (b, a). f-MICL costs 1.5 full-size products; InfoNCE 2 (its row log-sum-exp must be known
+// before any weight, so a first pass computes it: 2.5 products for tau < 1/40 in float32).
+// Threads: each worker (one per thread) takes whole tiles, round robin, with single-threaded
+// products and its own gradient accumulator, summed at the end. Extra memory: one tile per
+// worker, O(M d) per worker beyond the first (capped at kWorkerMemory), O(M d) for the rows.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string_view>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "fmicl/check.h"
+#include "fmicl/pairwise_params.h"
+#include "pairwise_tiles.h"
+
+namespace fmicl::cpu {
+namespace {
+
+constexpr long long kMaxTile = 1024;  // 4 MB of float32: sgemm runs near peak, fits in L3
+constexpr long long kMinTile = 128;   // smaller tiles only to give every thread work
+constexpr long long kWorkerMemory = 64LL << 20;  // bytes of extra per-worker gradient accumulators
+constexpr double kNormEps = 1e-12;               // torch.nn.functional.normalize's eps
+
+Divergence parse_divergence(std::string_view name) {
+  if (name == "kl") return Divergence::kKL;
+  if (name == "js") return Divergence::kJS;
+  if (name == "pearson") return Divergence::kPearson;
+  if (name == "sh") return Divergence::kSH;
+  if (name == "tsallis") return Divergence::kTsallis;
+  if (name == "vlc") return Divergence::kVLC;
+  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown divergence '", name,
+              "'; expected one of kl, js, pearson, sh, tsallis, vlc");
+}
+
+Similarity parse_similarity(std::string_view name) {
+  if (name == "gaussian") return Similarity::kGaussian;
+  if (name == "cosine") return Similarity::kCosine;
+  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown similarity '", name, "'; expected gaussian or cosine");
+}
+
+void check_embeddings(const char* op, const at::Tensor& z, bool paired) {
+  FMICL_CHECK_DEVICE(op, z, at::kCPU);
+  FMICL_CHECK_DIM(op, z, 2);
+  FMICL_CHECK_CONTIGUOUS(op, z);
+  FMICL_CHECK_FLOATING(op, z);
+  FMICL_CHECK_ARG(op, z.size(1) >= 1, "z must have at least one column, got shape ", z.sizes());
+  if (paired) {
+    FMICL_CHECK_ARG(op, z.size(0) % 2 == 0 && z.size(0) >= 4,
+                    "z must hold 2N rows [z1; z2] with N >= 2, got shape ", z.sizes());
+  }
+}
+
+// (M,) how many times each row is an anchor, in the compute dtype.
+at::Tensor anchor_weights(const char* op, const std::optional<at::Tensor>& anchors, long long rows,
+                          const at::TensorOptions& options) {
+  if (!anchors.has_value()) return at::ones({rows}, options);
+  const at::Tensor& a = *anchors;
+  FMICL_CHECK_DEVICE(op, a, at::kCPU);
+  FMICL_CHECK_DIM(op, a, 1);
+  FMICL_CHECK_DTYPE(op, a, at::kLong);
+  if (a.numel() > 0) {
+    const long long lo = a.min().item<int64_t>(), hi = a.max().item<int64_t>();
+    FMICL_CHECK_ARG(op, lo >= 0 && hi < rows, "anchors must index rows of z (0..", rows - 1,
+                    "), got values in [", lo, ", ", hi, "]");
+  }
+  return at::zeros({rows}, options).index_add_(0, a, at::ones({a.numel()}, options));
+}
+
+// The default: kMaxTile rows, smaller when that leaves fewer than ~2 tiles per thread.
+long long tile_rows(const char* op, int64_t tile, long long rows) {
+  FMICL_CHECK_ARG(op, tile >= 0, "tile must be >= 0 (0 = default), got ", tile);
+  if (tile == 0) {
+    const long long threads = at::get_num_threads();
+    const long long per_thread = (rows + 2 * threads - 1) / (2 * threads);
+    tile = std::clamp(per_thread, kMinTile, kMaxTile);
+  }
+  return std::max<long long>(1, std::min<long long>(tile, rows));
+}
+
+// The rows the pairwise math sees: z in the compute dtype (float32 for half types), L2-normalised
+// like torch.nn.functional.normalize when asked. `norm` keeps |z| for the backward.
+struct Rows {
+  at::Tensor x;     // (M, d) compute dtype, contiguous
+  at::Tensor norm;  // (M, 1) |z_a| when normalised, else undefined
+};
+
+Rows prepare_rows(const at::Tensor& z, bool normalize) {
+  const auto dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor x = z.detach().to(dtype).contiguous();
+  if (!normalize) return {x, at::Tensor()};
+  at::Tensor norm = at::linalg_vector_norm(x, 2, {1}, /*keepdim=*/true);
+  return {(x / norm.clamp_min(kNormEps)).contiguous(), norm};
+}
+
+// d/dz of x = z / max(|z|, eps), applied to dx (in place).
+at::Tensor normalize_backward(at::Tensor dx, const Rows& rows) {
+  if (!rows.norm.defined()) return dx;
+  const at::Tensor& u = rows.x;
+  const at::Tensor radial = (u * dx).sum(1, /*keepdim=*/true) * (rows.norm > kNormEps);
+  return dx.sub_(u * radial).div_(rows.norm.clamp_min(kNormEps));
+}
+
+// The tiles J >= I of the symmetric walk that hold at least one anchor (in I or in J), as
+// (row0, col0) pairs; the rest contribute nothing and are skipped (a distributed rank's share).
+std::vector<std::pair<long long, long long>> upper_tiles_with_anchors(const std::vector<bool>& has, long long n,
+                                                                      long long tile) {
+  std::vector<std::pair<long long, long long>> tiles;
+  for (long long i0 = 0, bi = 0; i0 < n; i0 += tile, ++bi) {
+    for (long long j0 = i0, bj = bi; j0 < n; j0 += tile, ++bj) {
+      if (has[bi] || has[bj]) tiles.emplace_back(i0, j0);
+    }
+  }
+  return tiles;
+}
+
+// Which row blocks of `tile` rows hold at least one anchor.
+std::vector<bool> blocks_with_anchors(const at::Tensor& weight, long long tile) {
+  const long long rows = weight.size(0);
+  const at::Tensor any = (weight > 0).to(at::kFloat);
+  std::vector<bool> has;
+  for (long long i0 = 0; i0 < rows; i0 += tile) {
+    has.push_back(any.narrow(0, i0, std::min(tile, rows - i0)).sum().item<float>() > 0);
+  }
+  return has;
+}
+
+// How many workers walk the tiles: one per thread, each with its own (n x d) gradient
+// accumulator beyond the first, within kWorkerMemory; never more than there are tiles.
+int worker_count(long long n, long long d, size_t elem_size, size_t tiles) {
+  const long long per_worker = n * d * static_cast<long long>(elem_size);
+  const long long extra = std::max<long long>(0, kWorkerMemory / std::max<long long>(per_worker, 1));
+  const long long workers = std::min<long long>({at::get_num_threads(), 1 + extra, static_cast<long long>(tiles)});
+  return static_cast<int>(std::max<long long>(1, workers));
+}
+
+// Runs fn(worker, k) for k in [0, count), item k on worker k % workers, the workers in parallel.
+// Whole tiles per worker, single-threaded products inside: one parallel region per pass, not a
+// few per tile, which keeps two threads fast on a machine shared with other processes. The
+// static assignment makes the result independent of scheduling (bitwise repeatable).
+template <class Fn>
+void for_each_round_robin(int workers, size_t count, Fn&& fn) {
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    const at::NoGradGuard no_grad;  // grad mode is thread-local; pool threads start with it on
+    for (int64_t w = begin; w < end; ++w) {
+      for (size_t k = static_cast<size_t>(w); k < count; k += static_cast<size_t>(workers)) fn(int(w), k);
+    }
+  });
+}
+
+// One worker's scratch: a tile, its row outputs, and its share of the gradient.
+template <class S>
+struct Worker {
+  at::Tensor tile;    // tile * tile
+  at::Tensor grad;    // (n, d); worker 0 writes into the op's dx directly
+  at::Tensor degree;  // (n,) Σ of W over row a and column a (Gaussian similarity)
+  at::Tensor row_wsum;
+  std::vector<double> row_value;
+  double total = 0.0;
+};
+
+template <class S>
+std::vector<Worker<S>> make_workers(int workers, at::Tensor& dx, long long tile) {
+  std::vector<Worker<S>> ws(workers);
+  for (int w = 0; w < workers; ++w) {
+    ws[w].tile = at::empty({tile * tile}, dx.options());
+    ws[w].grad = w == 0 ? dx : at::zeros_like(dx);
+    ws[w].degree = at::zeros({dx.size(0)}, dx.options());
+    ws[w].row_wsum = at::empty({tile}, dx.options());
+    ws[w].row_value.assign(tile, 0.0);
+  }
+  return ws;
+}
+
+// dX_I += W X_J and dX_J += W^T X_I (one entry of W stands for both orientations).
+void accumulate_tile_gradient(at::Tensor& grad, const at::Tensor& x, const at::Tensor& w, long long i0,
+                              long long j0) {
+  const long long ti = w.size(0), tj = w.size(1);
+  const at::Tensor x_i = x.narrow(0, i0, ti);
+  at::Tensor grad_i = grad.narrow(0, i0, ti);
+  if (i0 == j0) {
+    grad_i.addmm_(w, x_i).addmm_(w.t(), x_i);
+  } else {
+    grad_i.addmm_(w, x.narrow(0, j0, tj));
+    grad.narrow(0, j0, tj).addmm_(w.t(), x_i);
+  }
+}
+
+template <class S>
+PairTile<S> gram_tile(const at::Tensor& x, at::Tensor& buffer, long long i0, long long j0, long long tile,
+                      at::Tensor& w) {
+  const long long n = x.size(0);
+  const long long ti = std::min(tile, n - i0), tj = std::min(tile, n - j0);
+  w = buffer.narrow(0, 0, ti * tj).view({ti, tj});
+  at::mm_out(w, x.narrow(0, i0, ti), x.narrow(0, j0, tj).t());  // G_IJ, overwritten by W_IJ
+  PairTile<S> t;
+  t.g = w.data_ptr<S>();
+  t.row0 = i0, t.nrows = ti, t.col0 = j0, t.ncols = tj;
+  t.diagonal = i0 == j0;
+  return t;
+}
+
+// Σ over anchors of the weighted f-MICL terms (or uniformity sums) of the rows x, and the
+// gradient added into dx. x, weight, dx: (n, d), (n,), (n, d) of dtype S.
+template <class S>
+double fmicl_sum(const FmiclParams& p, const at::Tensor& x, const at::Tensor& weight, at::Tensor& dx,
+                 long long tile) {
+  const TileKernels<S>& kernels = best_tile_kernels<S>();
+  const long long n = x.size(0);
+  const bool gaussian = p.similarity == Similarity::kGaussian;
+  const at::Tensor norm_sq = (x * x).sum(1).contiguous();  // (n,)
+  const auto tiles = upper_tiles_with_anchors(blocks_with_anchors(weight, tile), n, tile);
+  const int workers = worker_count(n, x.size(1), sizeof(S), tiles.size());
+  std::vector<Worker<S>> ws = make_workers<S>(workers, dx, tile);
+
+  for_each_round_robin(workers, tiles.size(), [&](int wi, size_t k) {
+    Worker<S>& worker = ws[wi];
+    const auto [i0, j0] = tiles[k];
+    at::Tensor w;
+    PairTile<S> t = gram_tile<S>(x, worker.tile, i0, j0, tile, w);
+    t.norm_sq = norm_sq.data_ptr<S>();
+    t.anchor_weight = weight.data_ptr<S>();
+    kernels.fmicl_rows(p, t, worker.row_value.data(), worker.row_wsum.template data_ptr<S>(), 0, t.nrows);
+    for (long long r = 0; r < t.nrows; ++r) worker.total += worker.row_value[r];
+    accumulate_tile_gradient(worker.grad, x, w, i0, j0);
+    if (gaussian) {  // log r depends on |x_a|^2 and |x_b|^2 too: d/d|x_a|^2 = -½ d/dG_ab
+      worker.degree.narrow(0, i0, t.nrows).add_(worker.row_wsum.narrow(0, 0, t.nrows));
+      worker.degree.narrow(0, j0, t.ncols).add_(w.sum(0));
+    }
+  });
+
+  double total = 0.0;
+  for (int wi = 0; wi < workers; ++wi) {
+    total += ws[wi].total;
+    if (wi > 0) {
+      dx.add_(ws[wi].grad);
+      ws[0].degree.add_(ws[wi].degree);
+    }
+  }
+  if (gaussian) dx.sub_(x * ws[0].degree.unsqueeze(1));
+  return total;
+}
+
+template <class S>
+double infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Tensor& weight,
+                   at::Tensor& dx, long long tile) {
+  const TileKernels<S>& kernels = best_tile_kernels<S>();
+  const long long n = x.size(0);
+  const std::vector<bool> has_anchor = blocks_with_anchors(weight, tile);
+  const auto tiles = upper_tiles_with_anchors(has_anchor, n, tile);
+  const int workers = worker_count(n, x.size(1), sizeof(S), tiles.size());
+  std::vector<Worker<S>> ws = make_workers<S>(workers, dx, tile);
+  const auto f64 = x.options().dtype(at::kDouble);
+  at::Tensor row_max = at::full({n}, -std::numeric_limits<double>::infinity(), f64);
+  at::Tensor row_sum = at::zeros({n}, f64);
+
+  // Pass 1: the log-sum-exp of every row that needs one (anchor rows, and all rows of their
+  // tiles). Rows are unit vectors, so logits lie in [-1/tau, 1/tau]: with the fixed shift 1/tau no
+  // exp underflows while 2/tau <= 80 (float32) or 700 (float64), and one symmetric walk gives the
+  // row and the column sums (0.5 products). Beyond that, the exact running maximum per row needs
+  // every row block against all columns (1 product).
+  const bool fixed_shift = 2.0 * p.inv_tau <= (sizeof(S) == 4 ? 80.0 : 700.0);
+  if (fixed_shift) {
+    const S shift = S(p.inv_tau);
+    std::vector<at::Tensor> sums(workers);
+    for (int wi = 0; wi < workers; ++wi) sums[wi] = at::zeros({n}, f64);
+    for_each_round_robin(workers, tiles.size(), [&](int wi, size_t k) {
+      const auto [i0, j0] = tiles[k];
+      at::Tensor w;
+      PairTile<S> t = gram_tile<S>(x, ws[wi].tile, i0, j0, tile, w);
+      kernels.infonce_exp_sums(p, t, shift, ws[wi].row_value.data(), 0, t.nrows);
+      double* sum = sums[wi].data_ptr<double>();
+      for (long long r = 0; r < t.nrows; ++r) sum[i0 + r] += ws[wi].row_value[r];
+      if (!t.diagonal) sums[wi].narrow(0, j0, t.ncols).add_(w.sum(0, /*keepdim=*/false, at::kDouble));
+    });
+    for (int wi = 0; wi < workers; ++wi) row_sum.add_(sums[wi]);
+    row_max.masked_fill_(row_sum > 0, double(shift));  // rows never summed keep -inf
+  } else {
+    std::vector<long long> row_blocks;  // a worker owns whole row blocks: it alone writes their stats
+    for (long long i0 = 0, bi = 0; i0 < n; i0 += tile, ++bi) {
+      if (has_anchor[bi]) row_blocks.push_back(i0);
+    }
+    for_each_round_robin(workers, row_blocks.size(), [&](int wi, size_t k) {
+      for (long long j0 = 0; j0 < n; j0 += tile) {
+        at::Tensor w;
+        PairTile<S> t = gram_tile<S>(x, ws[wi].tile, row_blocks[k], j0, tile, w);
+        t.anchor_weight = weight.data_ptr<S>();
+        kernels.infonce_stats(p, t, row_max.data_ptr<double>(), row_sum.data_ptr<double>(), 0, t.nrows);
+      }
+    });
+  }
+  const at::Tensor lse64 = at::where(row_max.isneginf(), std::numeric_limits<double>::infinity(),
+                                     row_max + row_sum.log());
+  const at::Tensor lse = lse64.to(x.scalar_type());
+
+  // Pass 2: the softmax weights, both orientations of each entry, into the gradient.
+  for_each_round_robin(workers, tiles.size(), [&](int wi, size_t k) {
+    const auto [i0, j0] = tiles[k];
+    at::Tensor w;
+    PairTile<S> t = gram_tile<S>(x, ws[wi].tile, i0, j0, tile, w);
+    t.anchor_weight = weight.data_ptr<S>();
+    kernels.infonce_weights(p, t, lse.data_ptr<S>(), 0, t.nrows);
+    accumulate_tile_gradient(ws[wi].grad, x, w, i0, j0);
+  });
+  for (int wi = 1; wi < workers; ++wi) dx.add_(ws[wi].grad);
+
+  // The positive logit C_{a,p(a)} / tau: O(M d), its -1 in the softmax gradient and in the value.
+  const at::Tensor partner = at::cat({x.narrow(0, p.half_rows, p.half_rows), x.narrow(0, 0, p.half_rows)});
+  const at::Tensor partner_weight =
+      at::cat({weight.narrow(0, p.half_rows, p.half_rows), weight.narrow(0, 0, p.half_rows)});
+  const at::Tensor positive_logit = (x * partner).sum(1).to(at::kDouble) * p.inv_tau;
+  dx.sub_(partner * ((weight + partner_weight) * S(p.anchor_scale * p.inv_tau)).unsqueeze(1));
+  const at::Tensor weight64 = weight.to(at::kDouble);
+  const at::Tensor per_anchor = at::where(weight64 > 0, weight64 * (lse64 - positive_logit), 0.0);
+  return per_anchor.sum().item<double>() * p.anchor_scale;
+}
+
+std::tuple<at::Tensor, at::Tensor> fmicl_fwd_bwd_cpu(const at::Tensor& z,
+                                                     const std::optional<at::Tensor>& anchors,
+                                                     c10::string_view divergence_name,
+                                                     c10::string_view similarity_name, double sigma,
+                                                     double tau, double mu, double alpha,
+                                                     double tsallis_alpha, bool normalize,
+                                                     int64_t tile) {
+  constexpr const char* op = "fmicl_fwd_bwd";
+  check_embeddings(op, z, /*paired=*/true);
+  const Divergence divergence = parse_divergence(std::string_view(divergence_name.data(), divergence_name.size()));
+  const Similarity similarity = parse_similarity(std::string_view(similarity_name.data(), similarity_name.size()));
+  if (similarity == Similarity::kGaussian) FMICL_CHECK_POSITIVE(op, "sigma", sigma);
+  if (similarity == Similarity::kCosine) FMICL_CHECK_POSITIVE(op, "tau", tau);
+  FMICL_CHECK_POSITIVE(op, "mu", mu);
+  FMICL_CHECK_ARG(op, alpha >= 0.0 && std::isfinite(alpha), "alpha must be finite and >= 0, got ", alpha);
+  if (divergence == Divergence::kTsallis) {
+    FMICL_CHECK_ARG(op, tsallis_alpha > 0.0 && tsallis_alpha != 1.0 && std::isfinite(tsallis_alpha),
+                    "tsallis_alpha must be finite, > 0 and != 1, got ", tsallis_alpha);
+  }
+  const long long rows = z.size(0);
+  const long long t = tile_rows(op, tile, rows);
+  const Rows x = prepare_rows(z, normalize || similarity == Similarity::kCosine);
+  const at::Tensor weight = anchor_weights(op, anchors, rows, x.x.options());
+  const FmiclParams p =
+      fmicl_params(rows, z.size(1), divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha);
+  at::Tensor dx = at::zeros_like(x.x);
+  double total = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
+    total = fmicl_sum<scalar_t>(p, x.x, weight, dx, t);
+  });
+  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
+  return {at::scalar_tensor(total, z.options().dtype(at::kDouble)), grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> infonce_fwd_bwd_cpu(const at::Tensor& z,
+                                                       const std::optional<at::Tensor>& anchors,
+                                                       double tau, int64_t tile) {
+  constexpr const char* op = "infonce_fwd_bwd";
+  check_embeddings(op, z, /*paired=*/true);
+  FMICL_CHECK_POSITIVE(op, "tau", tau);
+  const long long rows = z.size(0);
+  const long long t = tile_rows(op, tile, rows);
+  const Rows x = prepare_rows(z, /*normalize=*/true);
+  const at::Tensor weight = anchor_weights(op, anchors, rows, x.x.options());
+  const InfonceParams p = infonce_params(rows, z.size(1), tau);
+  at::Tensor dx = at::zeros_like(x.x);
+  double total = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
+    total = infonce_sum<scalar_t>(p, x.x, weight, dx, t);
+  });
+  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
+  return {at::scalar_tensor(total, z.options().dtype(at::kDouble)), grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> uniformity_fwd_bwd_cpu(const at::Tensor& z,
+                                                          const std::optional<at::Tensor>& anchors,
+                                                          double t, int64_t tile) {
+  constexpr const char* op = "uniformity_fwd_bwd";
+  check_embeddings(op, z, /*paired=*/true);
+  FMICL_CHECK_POSITIVE(op, "t", t);
+  const long long rows = z.size(0), half = rows / 2;
+  const long long tr = tile_rows(op, tile, half);
+  const Rows x = prepare_rows(z, /*normalize=*/true);
+  const at::Tensor weight = anchor_weights(op, anchors, rows, x.x.options());
+  const FmiclParams p = uniformity_params(half, z.size(1), t);
+  at::Tensor dx = at::zeros_like(x.x);
+  at::Tensor sums = at::zeros({2}, z.options().dtype(at::kDouble));
+  for (long long v = 0; v < 2; ++v) {  // each view is its own set of pairs
+    at::Tensor dx_v = dx.narrow(0, v * half, half);
+    AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
+      sums[v] = fmicl_sum<scalar_t>(p, x.x.narrow(0, v * half, half),
+                                    weight.narrow(0, v * half, half).contiguous(), dx_v, tr);
+    });
+  }
+  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
+  return {sums, grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fmicl, CPU, m) {
+  m.impl("fmicl_fwd_bwd", &fmicl_fwd_bwd_cpu);
+  m.impl("infonce_fwd_bwd", &infonce_fwd_bwd_cpu);
+  m.impl("uniformity_fwd_bwd", &uniformity_fwd_bwd_cpu);
+}
+
+}  // namespace fmicl::cpu
