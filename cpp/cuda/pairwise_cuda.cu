@@ -1,8 +1,9 @@
 // CUDA implementation of the pairwise ops declared in cpp/bindings/ops.cpp (contract there).
 //
 // The same sums as the CPU op (cpp/src/pairwise_cpu.cpp), with the same per-pair terms
-// (fmicl/pairwise_math.h) and parameters (fmicl/pairwise_params.h). Tiles are (anchor rows I) x
-// (all rows J), the anchors listed in `rows` (A,) (a repeated anchor is listed, and counted, twice):
+// (fmicl/pairwise_math.h), parameters (fmicl/pairwise_params.h), checks and row preparation
+// (fmicl/pairwise_host.h). Tiles are (anchor rows I) x (all rows J), the anchors listed in `rows`
+// (A,) (a repeated anchor is listed, and counted, twice):
 //
 //   G    = X_I X_J^T                       at::mm (cuBLAS)
 //   W    = d(loss_sum)/dG, in place of G   one epilogue kernel, one block per tile row, which also
@@ -29,18 +30,18 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <string_view>
 #include <tuple>
 
 #include "fmicl/check.h"
+#include "fmicl/pairwise_host.h"
 #include "fmicl/pairwise_params.h"
 
 namespace fmicl::cuda {
 namespace {
 
-constexpr long long kDefaultTile = 4096;  // 64 MB of float32: products this size run near peak
-constexpr double kNormEps = 1e-12;       // torch.nn.functional.normalize's eps
-constexpr int kThreads = 256;            // per block; one block per tile row
+constexpr c10::DeviceType kDevice = at::kCUDA;  // the device of z (CPU in tests/loss/test_cuda_emulated.py)
+constexpr long long kDefaultTile = 4096;         // 64 MB of float32: products this size run near peak
+constexpr int kThreads = 256;                    // per block; one block per tile row
 
 // ---------------------------------------------------------------------------------------------
 // Kernels
@@ -198,79 +199,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Host code: checks, the tile walk, the three ops
+// Host code: the tile walk, the three ops (their checks: fmicl/pairwise_host.h)
 // ---------------------------------------------------------------------------------------------
-
-Divergence parse_divergence(std::string_view name) {
-  if (name == "kl") return Divergence::kKL;
-  if (name == "js") return Divergence::kJS;
-  if (name == "pearson") return Divergence::kPearson;
-  if (name == "sh") return Divergence::kSH;
-  if (name == "tsallis") return Divergence::kTsallis;
-  if (name == "vlc") return Divergence::kVLC;
-  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown divergence '", name,
-              "'; expected one of kl, js, pearson, sh, tsallis, vlc");
-}
-
-Similarity parse_similarity(std::string_view name) {
-  if (name == "gaussian") return Similarity::kGaussian;
-  if (name == "cosine") return Similarity::kCosine;
-  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown similarity '", name, "'; expected gaussian or cosine");
-}
-
-void check_embeddings(const char* op, const at::Tensor& z) {
-  FMICL_CHECK_DEVICE(op, z, at::kCUDA);
-  FMICL_CHECK_DIM(op, z, 2);
-  FMICL_CHECK_CONTIGUOUS(op, z);
-  FMICL_CHECK_FLOATING(op, z);
-  FMICL_CHECK_ARG(op, z.size(1) >= 1, "z must have at least one column, got shape ", z.sizes());
-  FMICL_CHECK_ARG(op, z.size(0) % 2 == 0 && z.size(0) >= 4,
-                  "z must hold 2N rows [z1; z2] with N >= 2, got shape ", z.sizes());
-}
 
 // (A,) int64 on z's device: the anchor rows, all M rows when `anchors` is None.
 at::Tensor anchor_rows(const char* op, const std::optional<at::Tensor>& anchors, const at::Tensor& z) {
-  const long long rows = z.size(0);
-  if (!anchors.has_value()) return at::arange(rows, z.options().dtype(at::kLong));
-  const at::Tensor& a = *anchors;
-  FMICL_CHECK_SAME_DEVICE(op, a, z);
-  FMICL_CHECK_DIM(op, a, 1);
-  FMICL_CHECK_DTYPE(op, a, at::kLong);
-  if (a.numel() > 0) {  // a sync point, but an index out of range would be a device-side assert
-    const auto [lo_t, hi_t] = at::aminmax(a);
-    const long long lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>();
-    FMICL_CHECK_ARG(op, lo >= 0 && hi < rows, "anchors must index rows of z (0..", rows - 1,
-                    "), got values in [", lo, ", ", hi, "]");
-  }
-  return a.contiguous();
-}
-
-long long tile_rows(const char* op, int64_t tile, long long rows) {
-  FMICL_CHECK_ARG(op, tile >= 0, "tile must be >= 0 (0 = default), got ", tile);
-  return std::max<long long>(1, std::min<long long>(tile == 0 ? kDefaultTile : tile, rows));
-}
-
-// The rows the pairwise math sees: z in the compute dtype (float32 for half types), L2-normalised
-// like torch.nn.functional.normalize when asked. `norm` keeps |z| for the backward.
-struct Rows {
-  at::Tensor x;     // (M, d) compute dtype, contiguous
-  at::Tensor norm;  // (M, 1) |z_a| when normalised, else undefined
-};
-
-Rows prepare_rows(const at::Tensor& z, bool normalize) {
-  const auto dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor x = z.to(dtype).contiguous();
-  if (!normalize) return {x, at::Tensor()};
-  at::Tensor norm = at::linalg_vector_norm(x, 2, {1}, /*keepdim=*/true);
-  return {(x / norm.clamp_min(kNormEps)).contiguous(), norm};
-}
-
-// d/dz of x = z / max(|z|, eps), applied to dx (in place).
-at::Tensor normalize_backward(at::Tensor dx, const Rows& rows) {
-  if (!rows.norm.defined()) return dx;
-  const at::Tensor& u = rows.x;
-  const at::Tensor radial = (u * dx).sum(1, /*keepdim=*/true) * (rows.norm > kNormEps);
-  return dx.sub_(u * radial).div_(rows.norm.clamp_min(kNormEps));
+  if (!anchors.has_value()) return at::arange(z.size(0), z.options().dtype(at::kLong));
+  check_anchors(op, *anchors, z);
+  return anchors->contiguous();
 }
 
 // Walks the tiles (anchor rows I) x (all rows J): G_IJ = X_I X_J^T into a buffer, then
@@ -405,24 +341,13 @@ std::tuple<at::Tensor, at::Tensor> fmicl_fwd_bwd_cuda(const at::Tensor& z,
                                                       double tsallis_alpha, bool normalize,
                                                       int64_t tile) {
   constexpr const char* op = "fmicl_fwd_bwd";
-  check_embeddings(op, z);
+  check_embeddings(op, z, kDevice);
   const c10::cuda::CUDAGuard device_guard(z.device());
-  const Divergence divergence = parse_divergence(std::string_view(divergence_name.data(), divergence_name.size()));
-  const Similarity similarity = parse_similarity(std::string_view(similarity_name.data(), similarity_name.size()));
-  if (similarity == Similarity::kGaussian) FMICL_CHECK_POSITIVE(op, "sigma", sigma);
-  if (similarity == Similarity::kCosine) FMICL_CHECK_POSITIVE(op, "tau", tau);
-  FMICL_CHECK_POSITIVE(op, "mu", mu);
-  FMICL_CHECK_ARG(op, alpha >= 0.0 && std::isfinite(alpha), "alpha must be finite and >= 0, got ", alpha);
-  if (divergence == Divergence::kTsallis) {
-    FMICL_CHECK_ARG(op, tsallis_alpha > 0.0 && tsallis_alpha != 1.0 && std::isfinite(tsallis_alpha),
-                    "tsallis_alpha must be finite, > 0 and != 1, got ", tsallis_alpha);
-  }
-  const long long num_rows = z.size(0);
-  const long long t = tile_rows(op, tile, num_rows);
+  const FmiclParams p = checked_fmicl_params(op, z.size(0), z.size(1), divergence_name, similarity_name, sigma,
+                                             tau, mu, alpha, tsallis_alpha);
+  const long long t = tile_rows(op, tile, z.size(0), kDefaultTile);
   const at::Tensor rows = anchor_rows(op, anchors, z);
-  const Rows x = prepare_rows(z, normalize || similarity == Similarity::kCosine);
-  const FmiclParams p =
-      fmicl_params(num_rows, z.size(1), divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha);
+  const Rows x = prepare_rows(z, normalize || p.similarity == Similarity::kCosine);
   at::Tensor dx = at::zeros_like(x.x);
   at::Tensor value;
   AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
@@ -436,11 +361,11 @@ std::tuple<at::Tensor, at::Tensor> infonce_fwd_bwd_cuda(const at::Tensor& z,
                                                         const std::optional<at::Tensor>& anchors,
                                                         double tau, int64_t tile) {
   constexpr const char* op = "infonce_fwd_bwd";
-  check_embeddings(op, z);
+  check_embeddings(op, z, kDevice);
   const c10::cuda::CUDAGuard device_guard(z.device());
   FMICL_CHECK_POSITIVE(op, "tau", tau);
   const long long num_rows = z.size(0);
-  const long long t = tile_rows(op, tile, num_rows);
+  const long long t = tile_rows(op, tile, num_rows, kDefaultTile);
   const at::Tensor rows = anchor_rows(op, anchors, z);
   const Rows x = prepare_rows(z, /*normalize=*/true);
   const InfonceParams p = infonce_params(num_rows, z.size(1), tau);
@@ -457,11 +382,11 @@ std::tuple<at::Tensor, at::Tensor> uniformity_fwd_bwd_cuda(const at::Tensor& z,
                                                            const std::optional<at::Tensor>& anchors,
                                                            double t, int64_t tile) {
   constexpr const char* op = "uniformity_fwd_bwd";
-  check_embeddings(op, z);
+  check_embeddings(op, z, kDevice);
   const c10::cuda::CUDAGuard device_guard(z.device());
   FMICL_CHECK_POSITIVE(op, "t", t);
   const long long num_rows = z.size(0), half = num_rows / 2;
-  const long long tr = tile_rows(op, tile, num_rows);
+  const long long tr = tile_rows(op, tile, num_rows, kDefaultTile);
   const at::Tensor rows = anchor_rows(op, anchors, z);
   const Rows x = prepare_rows(z, /*normalize=*/true);
   const FmiclParams p = uniformity_params(half, z.size(1), t);

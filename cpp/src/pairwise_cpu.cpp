@@ -16,14 +16,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
-#include <string_view>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 #include "fmicl/check.h"
+#include "fmicl/pairwise_host.h"
 #include "fmicl/pairwise_params.h"
 #include "pairwise_tiles.h"
 
@@ -33,85 +32,21 @@ namespace {
 constexpr long long kMaxTile = 1024;  // 4 MB of float32: sgemm runs near peak, fits in L3
 constexpr long long kMinTile = 128;   // smaller tiles only to give every thread work
 constexpr long long kWorkerMemory = 64LL << 20;  // bytes of extra per-worker gradient accumulators
-constexpr double kNormEps = 1e-12;               // torch.nn.functional.normalize's eps
-
-Divergence parse_divergence(std::string_view name) {
-  if (name == "kl") return Divergence::kKL;
-  if (name == "js") return Divergence::kJS;
-  if (name == "pearson") return Divergence::kPearson;
-  if (name == "sh") return Divergence::kSH;
-  if (name == "tsallis") return Divergence::kTsallis;
-  if (name == "vlc") return Divergence::kVLC;
-  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown divergence '", name,
-              "'; expected one of kl, js, pearson, sh, tsallis, vlc");
-}
-
-Similarity parse_similarity(std::string_view name) {
-  if (name == "gaussian") return Similarity::kGaussian;
-  if (name == "cosine") return Similarity::kCosine;
-  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown similarity '", name, "'; expected gaussian or cosine");
-}
-
-void check_embeddings(const char* op, const at::Tensor& z, bool paired) {
-  FMICL_CHECK_DEVICE(op, z, at::kCPU);
-  FMICL_CHECK_DIM(op, z, 2);
-  FMICL_CHECK_CONTIGUOUS(op, z);
-  FMICL_CHECK_FLOATING(op, z);
-  FMICL_CHECK_ARG(op, z.size(1) >= 1, "z must have at least one column, got shape ", z.sizes());
-  if (paired) {
-    FMICL_CHECK_ARG(op, z.size(0) % 2 == 0 && z.size(0) >= 4,
-                    "z must hold 2N rows [z1; z2] with N >= 2, got shape ", z.sizes());
-  }
-}
 
 // (M,) how many times each row is an anchor, in the compute dtype.
-at::Tensor anchor_weights(const char* op, const std::optional<at::Tensor>& anchors, long long rows,
+at::Tensor anchor_weights(const char* op, const std::optional<at::Tensor>& anchors, const at::Tensor& z,
                           const at::TensorOptions& options) {
-  if (!anchors.has_value()) return at::ones({rows}, options);
+  if (!anchors.has_value()) return at::ones({z.size(0)}, options);
   const at::Tensor& a = *anchors;
-  FMICL_CHECK_DEVICE(op, a, at::kCPU);
-  FMICL_CHECK_DIM(op, a, 1);
-  FMICL_CHECK_DTYPE(op, a, at::kLong);
-  if (a.numel() > 0) {
-    const long long lo = a.min().item<int64_t>(), hi = a.max().item<int64_t>();
-    FMICL_CHECK_ARG(op, lo >= 0 && hi < rows, "anchors must index rows of z (0..", rows - 1,
-                    "), got values in [", lo, ", ", hi, "]");
-  }
-  return at::zeros({rows}, options).index_add_(0, a, at::ones({a.numel()}, options));
+  check_anchors(op, a, z);
+  return at::zeros({z.size(0)}, options).index_add_(0, a, at::ones({a.numel()}, options));
 }
 
-// The default: kMaxTile rows, smaller when that leaves fewer than ~2 tiles per thread.
-long long tile_rows(const char* op, int64_t tile, long long rows) {
-  FMICL_CHECK_ARG(op, tile >= 0, "tile must be >= 0 (0 = default), got ", tile);
-  if (tile == 0) {
-    const long long threads = at::get_num_threads();
-    const long long per_thread = (rows + 2 * threads - 1) / (2 * threads);
-    tile = std::clamp(per_thread, kMinTile, kMaxTile);
-  }
-  return std::max<long long>(1, std::min<long long>(tile, rows));
-}
-
-// The rows the pairwise math sees: z in the compute dtype (float32 for half types), L2-normalised
-// like torch.nn.functional.normalize when asked. `norm` keeps |z| for the backward.
-struct Rows {
-  at::Tensor x;     // (M, d) compute dtype, contiguous
-  at::Tensor norm;  // (M, 1) |z_a| when normalised, else undefined
-};
-
-Rows prepare_rows(const at::Tensor& z, bool normalize) {
-  const auto dtype = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor x = z.detach().to(dtype).contiguous();
-  if (!normalize) return {x, at::Tensor()};
-  at::Tensor norm = at::linalg_vector_norm(x, 2, {1}, /*keepdim=*/true);
-  return {(x / norm.clamp_min(kNormEps)).contiguous(), norm};
-}
-
-// d/dz of x = z / max(|z|, eps), applied to dx (in place).
-at::Tensor normalize_backward(at::Tensor dx, const Rows& rows) {
-  if (!rows.norm.defined()) return dx;
-  const at::Tensor& u = rows.x;
-  const at::Tensor radial = (u * dx).sum(1, /*keepdim=*/true) * (rows.norm > kNormEps);
-  return dx.sub_(u * radial).div_(rows.norm.clamp_min(kNormEps));
+// The default tile: kMaxTile rows, smaller when that leaves fewer than ~2 tiles per thread.
+long long default_tile(long long rows) {
+  const long long threads = at::get_num_threads();
+  const long long per_thread = (rows + 2 * threads - 1) / (2 * threads);
+  return std::clamp(per_thread, kMinTile, kMaxTile);
 }
 
 // The tiles J >= I of the symmetric walk that hold at least one anchor (in I or in J), as
@@ -336,23 +271,13 @@ std::tuple<at::Tensor, at::Tensor> fmicl_fwd_bwd_cpu(const at::Tensor& z,
                                                      double tsallis_alpha, bool normalize,
                                                      int64_t tile) {
   constexpr const char* op = "fmicl_fwd_bwd";
-  check_embeddings(op, z, /*paired=*/true);
-  const Divergence divergence = parse_divergence(std::string_view(divergence_name.data(), divergence_name.size()));
-  const Similarity similarity = parse_similarity(std::string_view(similarity_name.data(), similarity_name.size()));
-  if (similarity == Similarity::kGaussian) FMICL_CHECK_POSITIVE(op, "sigma", sigma);
-  if (similarity == Similarity::kCosine) FMICL_CHECK_POSITIVE(op, "tau", tau);
-  FMICL_CHECK_POSITIVE(op, "mu", mu);
-  FMICL_CHECK_ARG(op, alpha >= 0.0 && std::isfinite(alpha), "alpha must be finite and >= 0, got ", alpha);
-  if (divergence == Divergence::kTsallis) {
-    FMICL_CHECK_ARG(op, tsallis_alpha > 0.0 && tsallis_alpha != 1.0 && std::isfinite(tsallis_alpha),
-                    "tsallis_alpha must be finite, > 0 and != 1, got ", tsallis_alpha);
-  }
+  check_embeddings(op, z, at::kCPU);
+  const FmiclParams p = checked_fmicl_params(op, z.size(0), z.size(1), divergence_name, similarity_name, sigma,
+                                             tau, mu, alpha, tsallis_alpha);
   const long long rows = z.size(0);
-  const long long t = tile_rows(op, tile, rows);
-  const Rows x = prepare_rows(z, normalize || similarity == Similarity::kCosine);
-  const at::Tensor weight = anchor_weights(op, anchors, rows, x.x.options());
-  const FmiclParams p =
-      fmicl_params(rows, z.size(1), divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha);
+  const long long t = tile_rows(op, tile, rows, default_tile(rows));
+  const Rows x = prepare_rows(z, normalize || p.similarity == Similarity::kCosine);
+  const at::Tensor weight = anchor_weights(op, anchors, z, x.x.options());
   at::Tensor dx = at::zeros_like(x.x);
   double total = 0.0;
   AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
@@ -366,12 +291,12 @@ std::tuple<at::Tensor, at::Tensor> infonce_fwd_bwd_cpu(const at::Tensor& z,
                                                        const std::optional<at::Tensor>& anchors,
                                                        double tau, int64_t tile) {
   constexpr const char* op = "infonce_fwd_bwd";
-  check_embeddings(op, z, /*paired=*/true);
+  check_embeddings(op, z, at::kCPU);
   FMICL_CHECK_POSITIVE(op, "tau", tau);
   const long long rows = z.size(0);
-  const long long t = tile_rows(op, tile, rows);
+  const long long t = tile_rows(op, tile, rows, default_tile(rows));
   const Rows x = prepare_rows(z, /*normalize=*/true);
-  const at::Tensor weight = anchor_weights(op, anchors, rows, x.x.options());
+  const at::Tensor weight = anchor_weights(op, anchors, z, x.x.options());
   const InfonceParams p = infonce_params(rows, z.size(1), tau);
   at::Tensor dx = at::zeros_like(x.x);
   double total = 0.0;
@@ -386,12 +311,12 @@ std::tuple<at::Tensor, at::Tensor> uniformity_fwd_bwd_cpu(const at::Tensor& z,
                                                           const std::optional<at::Tensor>& anchors,
                                                           double t, int64_t tile) {
   constexpr const char* op = "uniformity_fwd_bwd";
-  check_embeddings(op, z, /*paired=*/true);
+  check_embeddings(op, z, at::kCPU);
   FMICL_CHECK_POSITIVE(op, "t", t);
   const long long rows = z.size(0), half = rows / 2;
-  const long long tr = tile_rows(op, tile, half);
+  const long long tr = tile_rows(op, tile, half, default_tile(half));
   const Rows x = prepare_rows(z, /*normalize=*/true);
-  const at::Tensor weight = anchor_weights(op, anchors, rows, x.x.options());
+  const at::Tensor weight = anchor_weights(op, anchors, z, x.x.options());
   const FmiclParams p = uniformity_params(half, z.size(1), t);
   at::Tensor dx = at::zeros_like(x.x);
   at::Tensor sums = at::zeros({2}, z.options().dtype(at::kDouble));

@@ -181,9 +181,12 @@ def main(argv=None) -> None:
         def eager(a, b, reference_fn=reference_fn, hp=hp):
             return reference_fn(a, b, **hp)
 
-        compiled = None if args.no_compile else torch.compile(eager, dynamic=False)
         for dim in args.dims:
             for rows_2n in args.sizes:
+                # A fresh compilation per shape: dynamo's per-function recompile limit (8) would
+                # otherwise silently fall back to eager after a few shapes.
+                torch._dynamo.reset()
+                compiled = None if args.no_compile else torch.compile(eager, dynamic=False)
                 n = rows_2n // 2
                 repeats = args.repeats if rows_2n <= 16384 else 1
                 gen = torch.Generator(device=device).manual_seed(rows_2n + dim)

@@ -7,7 +7,8 @@ tests then compare each case with the pure-PyTorch reference on the global batch
     averaging cancels, see distributed.py);
 and show that the same comparison rejects five classic bugs, each made by swapping one piece of
 distributed.py inside the workers. Real DDP runs of the public losses with
-gather_distributed=True check the parameter gradients against one process. Everything runs on
+gather_distributed=True check the parameter gradients against one process; float16 inputs check
+that the uniformity runs in float32 and that an overflowing gradient is refused on every rank. Everything runs on
 gloo (CPU); with two GPUs, again on NCCL with the CUDA kernels.
 """
 
@@ -21,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fmicl_engine import _ext
-from fmicl_engine.loss import distributed, functional, reference
+from fmicl_engine.loss import NonFiniteLossError, distributed, functional, fused, reference
 
 WORLD = 2
 N_LOCAL, DIM, IN_DIM = 3, 5, 7
@@ -156,6 +157,53 @@ def ddp_step(loss_name, rank, device):
     return [p.grad.cpu() for p in model.module.parameters()]
 
 
+# --- float16 inputs ------------------------------------------------------------------------
+# Rows of norm ~HALF_NORM (float16 subnormals): normalising scales every gradient by 1/|z|, so the
+# gradient of the pair sums dS/dz overflows float16 while that of L_uniform (dS/dz / S) does not.
+HALF_N_LOCAL, HALF_NORM, HALF_T = 32, 3e-5, 2.0
+# f-MICL SH with a small sigma: r^(-1/2) = e^(D / 4 sigma^2) ~ 1e6, a finite loss in float32 whose
+# gradient overflows float16.
+OVERFLOW_HP = dict(divergence="sh", similarity="gaussian", sigma=0.25)
+
+
+def half_global_batch():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, WORLD * HALF_N_LOCAL, DIM, generator=g, dtype=torch.float64)
+    return (HALF_NORM * z / z.norm(dim=-1, keepdim=True)).half().unbind()
+
+
+def run_half_uniformity(rank, device):
+    rows = slice(rank * HALF_N_LOCAL, (rank + 1) * HALF_N_LOCAL)
+    z1, z2 = (z[rows].to(device).requires_grad_() for z in half_global_batch())
+    loss = distributed.distributed_pairwise_loss("uniformity_fwd_bwd", z1, z2, (HALF_T, 0))
+    loss.backward()
+    return loss.detach().cpu(), z1.grad.cpu(), z2.grad.cpu()
+
+
+def overflow_batch():
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(2, WORLD * N_LOCAL, DIM, generator=g, dtype=torch.float64).half().unbind()
+
+
+def raised(call):
+    """(argument, message) of the NonFiniteLossError that call() raises, or None."""
+    try:
+        call()
+    except NonFiniteLossError as err:
+        return err.argument, str(err)
+    return None
+
+
+def overflow_errors(rank, device):
+    z1, z2 = (z[rows_of(rank)].to(device).requires_grad_() for z in overflow_batch())
+    # only rank 1's share overflows: rank 0 must raise too, or it would wait in the next collective
+    share = torch.full((2, DIM), float("inf") if rank == 1 else 1.0, device=device)
+    return {
+        "public-loss": raised(lambda: functional.fmicl_loss(z1, z2, **OVERFLOW_HP, gather_distributed=True)),
+        "one-rank-share": raised(lambda: fused._check_finite_gradient(share, "fmicl", "sigma", dist.group.WORLD)),
+    }
+
+
 def _worker(rank, backend, init_file, out_dir):
     device = torch.device("cpu") if BACKENDS[backend] == "cpu" else torch.device("cuda", rank)
     if device.type == "cuda":
@@ -168,6 +216,8 @@ def _worker(rank, backend, init_file, out_dir):
                 results["mutant:" + name] = run_rank(MUTANT_CASE, rank, device)
         for loss_name in PUBLIC_LOSSES:
             results["ddp:" + loss_name] = ddp_step(loss_name, rank, device)
+        results["uniformity-float16"] = run_half_uniformity(rank, device)
+        results["overflow"] = overflow_errors(rank, device)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -237,6 +287,31 @@ def test_ddp_parameter_gradients_equal_one_process(rank_results, loss_name):
     for rank_grads in (r["ddp:" + loss_name] for r in rank_results):
         for got, want in zip(rank_grads, (p.grad for p in model.parameters()), strict=True):
             assert close(got, want), f"parameter gradient off by {(got - want).abs().max().item():.3g}"
+
+
+def test_float16_uniformity_runs_in_float32(rank_results):
+    z1g, z2g = half_global_batch()
+    # in float16 the op's gradient of the pair sums overflows: the inputs test the cast
+    _, grad_sums = torch.ops.fmicl.uniformity_fwd_bwd(torch.cat([z1g, z2g]), None, HALF_T, 0)
+    assert not torch.isfinite(grad_sums).all()
+    z1w, z2w = (z.double().requires_grad_() for z in (z1g, z2g))  # the same float16 values, widened
+    loss = _uniformity_reference(z1w, z2w, HALF_T)
+    grad1, grad2 = torch.autograd.grad(loss, (z1w, z2w))
+    for rank, (value, g1, g2) in enumerate(r["uniformity-float16"] for r in rank_results):
+        assert g1.dtype == torch.float16
+        torch.testing.assert_close(value.double(), loss.detach(), rtol=1e-6, atol=0)
+        rows = slice(rank * HALF_N_LOCAL, (rank + 1) * HALF_N_LOCAL)
+        for got, want in ((g1, grad1[rows]), (g2, grad2[rows])):  # float32 math, rounded to float16 once
+            torch.testing.assert_close(got.double() / WORLD, want, rtol=2e-3, atol=1e-3 * want.abs().max().item())
+
+
+def test_overflowing_gradient_is_refused_on_every_rank(rank_results):
+    z1g, z2g = overflow_batch()
+    single = raised(lambda: functional.fmicl_loss(z1g, z2g, **OVERFLOW_HP, backend="fused"))
+    assert single is not None and "gradient" in single[1]  # the loss is finite, its gradient is not
+    for overflow in (r["overflow"] for r in rank_results):
+        assert overflow["public-loss"] == single
+        assert overflow["one-rank-share"] is not None
 
 
 def test_needs_a_process_group():

@@ -23,6 +23,10 @@ the global batch:
   all-gather means when each rank's output counts once. DDP averages parameter gradients over
   the W ranks; that 1/W cancels the W, so the parameters receive exactly ∂L/∂θ.
 
+The uniformity op runs on rows in the compute dtype (float32 for float16/bfloat16), as in one
+process: the gradient of the unnormalised pair sum, dS/dz, overflows float16 for large N although
+the gradient of L_uniform (dS/dz / S) does not.
+
 Every rank must hold the same number of pairs n (DistributedSampler guarantees it); the
 collectives reject unequal sizes. Backends: any with single-tensor all-gather and reduce-scatter
 (NCCL; gloo in torch 2.14).
@@ -30,8 +34,12 @@ collectives reject unequal sizes. Backends: any with single-tensor all-gather an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
+
+from fmicl_engine.loss.validation import compute_dtype
 
 # torch 2.14 renamed the single-tensor collectives and deprecated the old names (a warning on
 # every call); older torch has only the old names.
@@ -96,12 +104,23 @@ def _gather_and_run(op_name, z1, z2, op_args, group):
     return fused_op(op_name)(z, anchors, *op_args)
 
 
+def _summed_row_grads(ctx, grad_loss):
+    """The backward of both Functions: this rank's saved share of the gradient, times W and the
+    incoming grad_loss, summed over the ranks: (grad z1, grad z2) of this rank's rows."""
+    (grad_z,) = ctx.saved_tensors
+    # grad_loss may differ between ranks (per-rank loss scaling), so scale before summing.
+    scale = (grad_loss * ctx.world_size).to(grad_z.dtype)
+    return sum_row_grads(grad_z * scale, ctx.group)
+
+
 class _DistributedAdditiveLoss(torch.autograd.Function):
     """W · (this rank's anchors' share of the global loss); see the module docstring."""
 
     @staticmethod
-    def forward(ctx, z1, z2, op_name, op_args, group):
+    def forward(ctx, z1, z2, op_name, op_args, group, check_gradient):
         loss_sum, grad_z = _gather_and_run(op_name, z1, z2, op_args, group)  # (), 2N x d
+        if check_gradient is not None:
+            check_gradient(grad_z, group=group)
         if any(ctx.needs_input_grad[:2]):
             ctx.save_for_backward(grad_z)
         ctx.group = group
@@ -111,18 +130,14 @@ class _DistributedAdditiveLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        (grad_z,) = ctx.saved_tensors
-        # grad_loss may differ between ranks (per-rank loss scaling), so scale before summing.
-        scale = (grad_loss * ctx.world_size).to(grad_z.dtype)
-        grad_z1, grad_z2 = sum_row_grads(grad_z * scale, ctx.group)
-        return grad_z1, grad_z2, None, None, None
+        return *_summed_row_grads(ctx, grad_loss), None, None, None, None
 
 
 class _DistributedUniformity(torch.autograd.Function):
     """L_uniform = ½ Σ_v log(S_v / (N(N−1)/2)) of the global batch, S_v = Σ_{i<j in view v} exp(-t D_ij)."""
 
     @staticmethod
-    def forward(ctx, z1, z2, op_args, group):
+    def forward(ctx, z1, z2, op_args, group, check_gradient):
         sum_exp, grad_z = _gather_and_run(UNIFORMITY_OP, z1, z2, op_args, group)  # (2,), 2N x d
         dist.all_reduce(sum_exp, op=dist.ReduceOp.SUM, group=group)  # this rank's pieces -> S
         n_global = grad_z.shape[0] // 2
@@ -130,7 +145,10 @@ class _DistributedUniformity(torch.autograd.Function):
         # d L / d(rows of view v) = ½ dS_v / S_v: scale each view's rows of this rank's share.
         if any(ctx.needs_input_grad[:2]):
             view_scale = (0.5 / sum_exp).to(grad_z.dtype).repeat_interleave(n_global)[:, None]
-            ctx.save_for_backward(grad_z * view_scale)
+            grad_z = grad_z * view_scale
+            if check_gradient is not None:
+                check_gradient(grad_z, group=group)
+            ctx.save_for_backward(grad_z)
         ctx.group = group
         ctx.world_size = dist.get_world_size(group)
         return 0.5 * (torch.log(sum_exp[0] / pairs) + torch.log(sum_exp[1] / pairs))
@@ -138,14 +156,12 @@ class _DistributedUniformity(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        (grad_z,) = ctx.saved_tensors
-        scale = (grad_loss * ctx.world_size).to(grad_z.dtype)
-        grad_z1, grad_z2 = sum_row_grads(grad_z * scale, ctx.group)
-        return grad_z1, grad_z2, None, None
+        return *_summed_row_grads(ctx, grad_loss), None, None, None
 
 
 def distributed_pairwise_loss(op_name: str, z1: torch.Tensor, z2: torch.Tensor, op_args: tuple = (),
-                              group=None) -> torch.Tensor:
+                              group=None, check_gradient: Callable[[torch.Tensor, object], None] | None = None
+                              ) -> torch.Tensor:
     """The global-batch loss term of ``torch.ops.fmicl.<op_name>``, in the convention above.
 
     op_name: "fmicl_fwd_bwd" or "infonce_fwd_bwd" -> W × this rank's share of the loss (0-dim,
@@ -154,6 +170,10 @@ def distributed_pairwise_loss(op_name: str, z1: torch.Tensor, z2: torch.Tensor, 
     op_args: the op's arguments after ``anchors``, e.g. for fmicl_fwd_bwd (divergence, similarity,
         sigma, tau, mu, alpha, tsallis_alpha, normalize, tile); for uniformity_fwd_bwd (t, tile).
     group: the process group (default: the global one).
+    check_gradient: called in the forward as ``check_gradient(grad_z, group=group)`` with this rank's
+        share of the gradient of the returned value (2N, d), before the shares are summed; it
+        must raise on every rank or on none (a rank raising alone leaves the others waiting in
+        the next collective), e.g. by all-reducing its verdict over ``group``.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
@@ -162,9 +182,11 @@ def distributed_pairwise_loss(op_name: str, z1: torch.Tensor, z2: torch.Tensor, 
         )
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (n, d); got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    group = dist.group.WORLD if group is None else group
     if op_name in ADDITIVE_OPS:
-        return _DistributedAdditiveLoss.apply(z1, z2, op_name, tuple(op_args), group)
+        return _DistributedAdditiveLoss.apply(z1, z2, op_name, tuple(op_args), group, check_gradient)
     if op_name == UNIFORMITY_OP:
-        return _DistributedUniformity.apply(z1, z2, tuple(op_args), group)
+        dtype = compute_dtype(z1.dtype)  # see the module docstring: dS/dz overflows float16
+        return _DistributedUniformity.apply(z1.to(dtype), z2.to(dtype), tuple(op_args), group, check_gradient)
     raise ValueError(f"distributed_pairwise_loss: unknown op {op_name!r}; expected one of "
                      f"{ADDITIVE_OPS + (UNIFORMITY_OP,)}")

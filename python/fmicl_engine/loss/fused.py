@@ -14,7 +14,10 @@ so a direct caller gets the same errors as the reference backend.
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from fmicl_engine import _ext  # noqa: F401  (loads _C, which registers torch.ops.fmicl)
@@ -57,10 +60,18 @@ def _uniformity_fwd_bwd_fake(z, anchors, t, tile=0):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_finite_gradient(grad_z: torch.Tensor, objective: str, scale: str | None) -> None:
+def _check_finite_gradient(grad_z: torch.Tensor, objective: str, scale: str | None, group=None) -> None:
     """The value can be finite while a derivative overflows (one sync; the op already paid O(N² d)).
-    Skipped while torch.compile traces: a data-dependent branch would break the graph."""
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(grad_z).all()):
+    With a process group, grad_z is this rank's share and the ranks agree (one all-reduce of one
+    element) so that all raise or none: a rank raising alone would leave the others waiting in the
+    backward's reduce-scatter. Skipped while torch.compile traces: a data-dependent branch would
+    break the graph."""
+    if torch.compiler.is_compiling():
+        return
+    overflow = (~torch.isfinite(grad_z)).any().to(torch.int32)
+    if group is not None:
+        dist.all_reduce(overflow, op=dist.ReduceOp.MAX, group=group)
+    if bool(overflow):
         hint = f"increase {scale}, " if scale else ""
         raise NonFiniteLossError(
             f"{objective}: the gradient of the fused loss overflows {grad_z.dtype} for these inputs; "
@@ -169,7 +180,9 @@ def pairwise_loss(objective: str, z1: torch.Tensor, z2: torch.Tensor, *, gather_
     if gather_distributed:
         from fmicl_engine.loss import distributed  # imported here: only distributed runs need it
 
-        loss = distributed.distributed_pairwise_loss(_OP_NAMES[objective], z1, z2, op_args)
+        check_gradient = functools.partial(_check_finite_gradient, objective=objective, scale=scale)
+        loss = distributed.distributed_pairwise_loss(_OP_NAMES[objective], z1, z2, op_args,
+                                                     check_gradient=check_gradient)
         loss = loss.to(compute_dtype(z1.dtype))
     else:
         z = torch.cat([z1, z2])  # [z1; z2], 2N x d, contiguous
@@ -189,7 +202,9 @@ def _align_uniform(z1, z2, hp: dict, gather_distributed: bool, tile: int) -> tor
     if gather_distributed:
         from fmicl_engine.loss import distributed
 
-        uniform = distributed.distributed_pairwise_loss("uniformity_fwd_bwd", z1, z2, (hp["t"], tile)).to(dtype)
+        check_gradient = functools.partial(_check_finite_gradient, objective="align_uniform", scale="t")
+        uniform = distributed.distributed_pairwise_loss("uniformity_fwd_bwd", z1, z2, (hp["t"], tile),
+                                                        check_gradient=check_gradient).to(dtype)
     else:
         # in the compute dtype: dS/dz of the unnormalised pair sum overflows float16 for large N
         uniform = _FusedUniformity.apply(torch.cat([z1, z2]).to(dtype), hp["t"], tile)
