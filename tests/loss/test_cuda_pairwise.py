@@ -1,7 +1,7 @@
 """The CUDA ops (cpp/cuda/pairwise_cuda.cu) against the CPU ops in float64, on a GPU.
 
 Skipped without a GPU or in a build without the CUDA kernels (FMICL_CUDA=ON); see
-docs/bench/cuda.md for the command that runs them on a GPU server. The CPU op in float64 is the
+docs/BENCHMARKS.md (CUDA section) for the command that runs them on a GPU server. The CPU op in float64 is the
 reference (it is itself tested against the pure-PyTorch definition in test_fused_*.py).
 Tolerances: float32 within 1e-5 of the reference (relative to the value, and to the largest
 gradient entry), or within twice the CPU op's own float32 error where that is larger; float16 /
