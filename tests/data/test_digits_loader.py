@@ -118,3 +118,21 @@ def test_loader_rejects_a_batch_larger_than_the_data():
     data = LabelledImages(torch.zeros(10, 1, 8, 8), torch.zeros(10, dtype=torch.int64))
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(data, batch_size=11)
+
+
+def test_set_epoch_after_a_restore_keeps_the_position_like_every_loader(split):
+    # One protocol for all loaders (data/loader_state.py): a training loop that calls set_epoch at
+    # each epoch start, after load_state_dict, must not restart the resumed epoch.
+    train, _ = split
+    reference = make_loader(train, batch_size=100)
+    reference.set_epoch(3)
+    expected = batches(reference)[2:]
+    resumed = make_loader(train, batch_size=100)
+    resumed.load_state_dict({"epoch": 3, "position": 200})
+    resumed.set_epoch(3)
+    got = batches(resumed)
+    assert len(got) == len(expected)
+    for (a1, a2, al), (b1, b2, bl) in zip(got, expected):
+        assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.equal(al, bl)
+    resumed.set_epoch(4)
+    assert resumed.state_dict() == {"epoch": 4, "position": 0}

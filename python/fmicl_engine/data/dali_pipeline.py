@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from fmicl_engine.data.loader_state import EpochPositionState
 from fmicl_engine.data.image_index import ImageIndex, report_bad_file
 from fmicl_engine.data.recipe import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD,
                                       AugmentationRecipe)
@@ -308,13 +309,10 @@ def _to_torch(tensor_list, dtype: torch.dtype) -> torch.Tensor:
     return out if out.dtype == dtype else out.to(dtype)
 
 
-class DaliTwoViewLoader:
+class DaliTwoViewLoader(EpochPositionState):
     """Yields ``(view1, view2, labels)`` per batch of this rank's share of each epoch.
 
-    State is (epoch, position): ``position`` counts this rank's samples already yielded in the
-    epoch, so a run resumed from ``state_dict()`` continues at the next unseen sample.
-    ``set_epoch(e)`` with a new epoch restarts at position 0; with the current one it keeps the
-    position (the resume case). Files that fail to decode are skipped (or raise, with
+    State: (epoch, position), see EpochPositionState. Files that fail to decode are skipped (or raise, with
     ``on_bad_file="error"``) and listed in ``skipped_files``, with those the index skipped.
     """
 
@@ -349,16 +347,6 @@ class DaliTwoViewLoader:
         self.shard_size()  # checks rank and world_size now rather than at the first batch
 
     # --- protocol ---------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
     def shard_size(self) -> int:
         """Samples per rank and epoch (DistributedSampler's count)."""
         n, world = len(self.index), self.world_size

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fmicl_engine.data.loader_state import EpochPositionState
+
 NUM_CLASSES = 10
 
 
@@ -97,7 +99,7 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return warp(images, identity.expand(images.shape[0], 2, 3), size)
 
 
-class DigitsTwoViewLoader:
+class DigitsTwoViewLoader(EpochPositionState):
     """Batches of two augmented views of the training split, in a seeded per-epoch order."""
 
     def __init__(self, data: LabelledImages, *, batch_size: int, seed: int, augmentation: DigitsAugmentation,
@@ -116,20 +118,10 @@ class DigitsTwoViewLoader:
         n = len(self.data.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its first batch (its order and augmentations are fixed by seed and epoch)."""
-        self.epoch = epoch
-        self.position = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, position = int(state["epoch"]), int(state["position"])
+    def check_position(self, position: int) -> None:
         if position % self.batch_size or not 0 <= position <= len(self) * self.batch_size:
             raise ValueError(f"position {position} is not a batch boundary of this loader "
                              f"(batch_size {self.batch_size}, {len(self)} batches)")
-        self.epoch, self.position = epoch, position
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch))

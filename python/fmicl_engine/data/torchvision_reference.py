@@ -15,6 +15,7 @@ import torch
 import torchvision.transforms.functional as F
 from PIL import Image
 
+from fmicl_engine.data.loader_state import EpochPositionState
 from fmicl_engine.data.image_index import ImageIndex
 from fmicl_engine.data.recipe import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD,
                                       AugmentationRecipe)
@@ -79,7 +80,7 @@ class TwoViewDataset(torch.utils.data.Dataset):
         return views[0], views[1], int(self.index.labels[i])
 
 
-class TorchvisionTwoViewLoader:
+class TorchvisionTwoViewLoader(EpochPositionState):
     """A DataLoader over TwoViewDataset in the sampler's order (the DALI loader's protocol)."""
 
     def __init__(self, index: ImageIndex, *, recipe: AugmentationRecipe, image_size: int,
@@ -91,16 +92,6 @@ class TorchvisionTwoViewLoader:
         self.num_workers = num_workers
         self.epoch = 0
         self.position = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def _shard(self) -> np.ndarray:
         return shard_indices(len(self.dataset), seed=self.seed, epoch=self.epoch, rank=self.rank,
