@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from fmicl_engine.loss import NonFiniteLossError, fused, reference
+from fmicl_engine.loss import NonFiniteLossError, align_uniform_loss, fused, reference
 
 DIVERGENCES = ["kl", "js", "pearson", "sh", "tsallis", "vlc"]
 SIMILARITIES = ["gaussian", "cosine"]
@@ -261,3 +261,17 @@ def test_repeated_runs_are_bitwise_identical():
     first = value_and_grads(fused_fn("fmicl", hp, tile=16), z1, z2)
     second = value_and_grads(fused_fn("fmicl", hp, tile=16), z1, z2)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_align_term_has_finite_gradients_for_identical_views_below_alpha_2():
+    # |u1 - u2|^align_alpha at u1 == u2: the squared norm to the power alpha/2 would give 0 * inf.
+    z1 = torch.randn(8, 5, dtype=torch.float64)
+    z2 = z1.clone()
+    z2[3:] += 0.3 * torch.randn(5, 5, dtype=torch.float64)
+    grads = []
+    for backend in ("fused", "reference"):
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        align_uniform_loss(a, b, align_alpha=1.5, backend=backend).backward()
+        assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all(), backend
+        grads.append(torch.cat([a.grad, b.grad]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)

@@ -196,7 +196,9 @@ def _align_uniform(z1, z2, hp: dict, gather_distributed: bool, tile: int) -> tor
     u1, u2 = F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)
     # Under gather_distributed each rank's mean over its own pairs is W times its share of the
     # global mean: the convention of fmicl_engine.loss.distributed for additive terms.
-    align = (u1 - u2).square().sum(1).pow(hp["align_alpha"] / 2).mean()
+    # the norm, not the squared norm to the power align_alpha/2: finite gradients for identical
+    # views with align_alpha < 2, as in the reference
+    align = torch.linalg.vector_norm(u1 - u2, dim=1).pow(hp["align_alpha"]).mean()
     if hp["lambda_uniform"] == 0:
         return check_finite_loss(align, "align_uniform", **hp)
     if gather_distributed:
