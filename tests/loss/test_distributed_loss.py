@@ -15,6 +15,7 @@ gloo (CPU); with two GPUs, again on NCCL with the CUDA kernels.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import pytest
 import torch
@@ -236,8 +237,20 @@ def _backend_param(backend):
 
 @pytest.fixture(scope="module", params=[_backend_param(b) for b in BACKENDS])
 def rank_results(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("distributed")
-    mp.spawn(_worker, args=(request.param, str(tmp / "store"), str(tmp)), nprocs=WORLD)
+    for attempt in (1, 2):
+        tmp = tmp_path_factory.mktemp("distributed")
+        try:
+            mp.spawn(_worker, args=(request.param, str(tmp / "store"), str(tmp)), nprocs=WORLD)
+            break
+        except mp.ProcessExitedException as err:
+            # Seen once in ~25 full-suite runs on a loaded 2-core machine: a worker killed by
+            # SIGABRT ("terminate called without an active exception") before writing its results,
+            # not reproduced since. A worker killed by a signal is retried once with a fresh store;
+            # an exception raised in a worker (ProcessRaisedException) is never retried, and the
+            # comparisons themselves run here, on the results, so a wrong result still fails.
+            if attempt == 2 or err.signal_name is None:
+                raise
+            warnings.warn(f"distributed workers died ({err}); retrying once", RuntimeWarning)
     return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 
