@@ -259,12 +259,7 @@ void dispatch_divergence(const FmiclParams& p, int orientations, at::Tensor& w, 
 #define FMICL_DIVERGENCE_CASE(D) \
   case D:                        \
     return launch_fmicl_epilogue<S, D, Sim>(p, orientations, w, j0, rows, norm_sq, view_rows, value, wsum);
-    FMICL_DIVERGENCE_CASE(Divergence::kKL)
-    FMICL_DIVERGENCE_CASE(Divergence::kJS)
-    FMICL_DIVERGENCE_CASE(Divergence::kPearson)
-    FMICL_DIVERGENCE_CASE(Divergence::kSH)
-    FMICL_DIVERGENCE_CASE(Divergence::kTsallis)
-    FMICL_DIVERGENCE_CASE(Divergence::kVLC)
+    FMICL_FOR_EACH_DIVERGENCE(FMICL_DIVERGENCE_CASE)
 #undef FMICL_DIVERGENCE_CASE
   }
   TORCH_INTERNAL_ASSERT(false, "fmicl_fwd_bwd: divergence ", int(p.divergence), " not dispatched");

@@ -141,12 +141,7 @@ void fmicl_rows(const FmiclParams& p, const PairTile<typename V::Scalar>& t, dou
     }                                                                                        \
     return;
   switch (p.divergence) {
-    FMICL_DIVERGENCE_CASE(Divergence::kKL)
-    FMICL_DIVERGENCE_CASE(Divergence::kJS)
-    FMICL_DIVERGENCE_CASE(Divergence::kPearson)
-    FMICL_DIVERGENCE_CASE(Divergence::kSH)
-    FMICL_DIVERGENCE_CASE(Divergence::kTsallis)
-    FMICL_DIVERGENCE_CASE(Divergence::kVLC)
+    FMICL_FOR_EACH_DIVERGENCE(FMICL_DIVERGENCE_CASE)
   }
 #undef FMICL_DIVERGENCE_CASE
 }

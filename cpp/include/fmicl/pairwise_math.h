@@ -29,6 +29,16 @@ namespace fmicl {
 // argument is parsed into this enum by the host code of each backend).
 enum class Divergence : int { kKL = 0, kJS = 1, kPearson = 2, kSH = 3, kTsallis = 4, kVLC = 5 };
 
+// Every divergence, for a backend's runtime-to-template switch:
+//   switch (p.divergence) { FMICL_FOR_EACH_DIVERGENCE(MY_CASE) }   with MY_CASE(D) a `case D: ...`.
+#define FMICL_FOR_EACH_DIVERGENCE(X) \
+  X(Divergence::kKL)                 \
+  X(Divergence::kJS)                 \
+  X(Divergence::kPearson)            \
+  X(Divergence::kSH)                 \
+  X(Divergence::kTsallis)            \
+  X(Divergence::kVLC)
+
 // How log r is formed from the Gram entry G_ab = x_a . x_b of the (normalised) rows:
 //   kGaussian: log r = log(mu) - max(|x_a|^2 + |x_b|^2 - 2 G_ab, 0) / (2 sigma^2)
 //   kCosine:   log r = log(mu) + G_ab / tau      (rows are unit vectors, so G_ab is the cosine)
