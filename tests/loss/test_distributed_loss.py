@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 
 from fmicl_engine import _ext
 from fmicl_engine.loss import NonFiniteLossError, distributed, functional, fused, reference
+from fmicl_engine.loss.validation import check_finite_loss
 
 WORLD = 2
 N_LOCAL, DIM, IN_DIM = 3, 5, 7
@@ -202,6 +203,9 @@ def overflow_errors(rank, device):
     return {
         "public-loss": raised(lambda: functional.fmicl_loss(z1, z2, **OVERFLOW_HP, gather_distributed=True)),
         "one-rank-share": raised(lambda: fused._check_finite_gradient(share, "fmicl", "sigma", dist.group.WORLD)),
+        "one-rank-loss": raised(lambda: check_finite_loss(
+            torch.tensor(float("inf") if rank == 1 else 1.0, device=device), "fmicl", scale="sigma",
+            group=dist.group.WORLD)),
     }
 
 
@@ -318,13 +322,14 @@ def test_float16_uniformity_runs_in_float32(rank_results):
             torch.testing.assert_close(got.double() / WORLD, want, rtol=2e-3, atol=1e-3 * want.abs().max().item())
 
 
-def test_overflowing_gradient_is_refused_on_every_rank(rank_results):
+def test_overflow_is_refused_on_every_rank(rank_results):
     z1g, z2g = overflow_batch()
     single = raised(lambda: functional.fmicl_loss(z1g, z2g, **OVERFLOW_HP, backend="fused"))
     assert single is not None and "gradient" in single[1]  # the loss is finite, its gradient is not
     for overflow in (r["overflow"] for r in rank_results):
         assert overflow["public-loss"] == single
         assert overflow["one-rank-share"] is not None
+        assert overflow["one-rank-loss"] is not None and overflow["one-rank-loss"][0] == "sigma"
 
 
 def test_needs_a_process_group():

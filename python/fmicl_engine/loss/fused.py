@@ -184,9 +184,9 @@ def pairwise_loss(objective: str, z1: torch.Tensor, z2: torch.Tensor, *, gather_
         loss = distributed.distributed_pairwise_loss(_OP_NAMES[objective], z1, z2, op_args,
                                                      check_gradient=check_gradient)
         loss = loss.to(compute_dtype(z1.dtype))
-    else:
-        z = torch.cat([z1, z2])  # [z1; z2], 2N x d, contiguous
-        loss = _FusedAdditiveLoss.apply(z, _OP_NAMES[objective], op_args, objective, scale)
+        return check_finite_loss(loss, objective, **context, scale=scale, group=dist.group.WORLD)
+    z = torch.cat([z1, z2])  # [z1; z2], 2N x d, contiguous
+    loss = _FusedAdditiveLoss.apply(z, _OP_NAMES[objective], op_args, objective, scale)
     return check_finite_loss(loss, objective, **context, scale=scale)
 
 
@@ -211,7 +211,8 @@ def _align_uniform(z1, z2, hp: dict, gather_distributed: bool, tile: int) -> tor
         # in the compute dtype: dS/dz of the unnormalised pair sum overflows float16 for large N
         uniform = _FusedUniformity.apply(torch.cat([z1, z2]).to(dtype), hp["t"], tile)
     loss = align + hp["lambda_uniform"] * uniform
-    return check_finite_loss(loss, "align_uniform", **hp, scale="t")
+    return check_finite_loss(loss, "align_uniform", **hp, scale="t",
+                             group=dist.group.WORLD if gather_distributed else None)
 
 
 __all__ = ["supports", "pairwise_loss", "OBJECTIVES", "MAX_UNIFORMITY_T"]

@@ -160,19 +160,30 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def check_finite_loss(loss: torch.Tensor, objective: str, *, scale: str | None = None,
+def check_finite_loss(loss: torch.Tensor, objective: str, *, scale: str | None = None, group=None,
                       **context) -> torch.Tensor:
     """Return ``loss`` if finite, else raise NonFiniteLossError (one device sync).
 
     ``scale`` names the hyperparameter to change first (sigma, tau, eps; it becomes the error's
     ``argument``); ``context`` holds the values the message shows (divergence, sigma ...).
+    ``group``: a process group whose ranks each hold a share of the loss (gather_distributed);
+    they agree (one all-reduce of one element), so all raise or none: a rank raising alone would
+    leave the others waiting in the backward's collective.
     """
-    if bool(torch.isfinite(loss)):
+    nonfinite = ~torch.isfinite(loss)
+    if group is not None:
+        import torch.distributed as dist
+
+        flag = nonfinite.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        nonfinite = flag.bool()
+    if not bool(nonfinite):
         return loss
     described = ", ".join(f"{k}={v!r}" for k, v in context.items())
     hint = f"increase {scale}, " if scale else ""
+    value = f"{loss.item()}" if not bool(torch.isfinite(loss)) else "finite here but not on another rank"
     raise NonFiniteLossError(
-        f"{objective} loss is {loss.item()} ({described}) in {loss.dtype}: a term of the objective "
+        f"{objective} loss is {value} ({described}) in {loss.dtype}: a term of the objective "
         f"overflows this dtype for these inputs; {hint}or pass float64 embeddings",
         argument=scale,
     )
