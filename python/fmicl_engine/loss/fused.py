@@ -78,6 +78,12 @@ def _check_finite_gradient(grad_z: torch.Tensor, objective: str, scale: str | No
             f"{hint}or pass float64 embeddings", argument=scale)
 
 
+def _saved_gradient_times(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
+    """The backward of the fused Functions: the gradient the op computed in forward, scaled."""
+    (grad_z,) = ctx.saved_tensors
+    return grad_z * grad_loss.to(grad_z.dtype)
+
+
 class _FusedAdditiveLoss(torch.autograd.Function):
     """loss = op(z)[0] (all anchors), with d loss/dz = op(z)[1] computed in the same pass."""
 
@@ -92,8 +98,7 @@ class _FusedAdditiveLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        (grad_z,) = ctx.saved_tensors
-        return grad_z * grad_loss.to(grad_z.dtype), None, None, None, None
+        return _saved_gradient_times(ctx, grad_loss), None, None, None, None
 
 
 class _FusedUniformity(torch.autograd.Function):
@@ -116,8 +121,7 @@ class _FusedUniformity(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        (grad_z,) = ctx.saved_tensors
-        return grad_z * grad_loss.to(grad_z.dtype), None, None
+        return _saved_gradient_times(ctx, grad_loss), None, None
 
 
 # ---------------------------------------------------------------------------------------------
