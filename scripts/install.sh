@@ -16,9 +16,11 @@ if ! "$PYTHON" -c "import torch, torchvision" 2>/dev/null; then
 fi
 pip_install "scikit-build-core>=0.10" "pybind11>=2.12" numpy scikit-learn tqdm pillow pytest \
   "tomli>=2; python_version < '3.11'"
-# DALI: the engine's image pipeline (CPU here, GPU on servers). x86_64 Linux wheels only.
+# DALI: the engine's image pipeline (CPU here, GPU on servers). x86_64 Linux wheels only. The
+# project's own DALI operators (cpp/dali) compile against DALI's headers, which include the CUDA
+# runtime's: torch's CUDA wheels bring cuda_runtime.h, these two wheels the rest (no toolkit needed).
 if [ "$(uname -sm)" = "Linux x86_64" ]; then
-  pip_install "nvidia-dali-cuda130==2.4.0"
+  pip_install "nvidia-dali-cuda130==2.4.0" "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
 fi
 # FMICL_CUDA=ON in the environment also compiles the CUDA kernels (needs a CUDA toolkit).
 pip_install --no-build-isolation -e .

@@ -23,6 +23,7 @@ PYBIND11_MODULE(_C, m) {
   info["sources_sha256"] = FMICL_SOURCES_SHA256;
   info["with_cuda"] = bool(FMICL_BUILT_WITH_CUDA);
   info["torch_version"] = FMICL_TORCH_VERSION;
+  info["dali_version"] = FMICL_DALI_VERSION;  // "": the DALI operators were not built
   m.attr("build_info") = info;
   for (auto fn : fmicl::registered()) fn(m);
 }

@@ -12,6 +12,8 @@ ImageNet folder to measure that instead (it is only read). Each loader runs a wa
 --warmup batches (page cache, code paths), then times an epoch from its first batch to its end
 (the steady-state rate); the start-up to the first batch is printed apart. A last DALI row runs
 the recipe without hue jitter (decode=slice): the cost of torchvision's exact HSV hue shift.
+Before the loaders, the colour operator alone (fn.fmicl.color_jitter) against torchvision's
+ColorJitter + RandomGrayscale on PIL images, one thread, same images and parameters.
 """
 
 from __future__ import annotations
@@ -45,6 +47,62 @@ def bench_sampler(recipe, n: int, threads: int) -> float:
                           num_threads=threads)
         best = min(best, time.perf_counter() - start)
     return 2 * n / best
+
+
+def bench_colour(index, size: int, device: str, batch: int = 32) -> tuple[float, float]:
+    """(ms per view of fn.fmicl.color_jitter, of torchvision's ColorJitter + RandomGrayscale on
+    PIL images) on one thread, the same images and parameters: all four jitter steps in random
+    orders, SimCLR's factor ranges, grayscale on one view in five."""
+    from nvidia.dali import fn, pipeline_def
+    from PIL import Image
+
+    from fmicl_engine.data.dali_ops import load_dali_ops
+    from fmicl_engine.data.dali_pipeline import hue_shifts
+    from fmicl_engine.data.sampler import BRIGHTNESS, CONTRAST, HUE, SATURATION
+    import torchvision.transforms.functional as F
+
+    load_dali_ops()
+    rng = np.random.default_rng(0)
+    images = [np.asarray(Image.open(index.paths[k % len(index)]).convert("RGB")
+                         .resize((size, size), Image.BILINEAR)) for k in range(batch)]
+    factors = rng.uniform(0.6, 1.4, (batch, 3)).astype(np.float32)
+    hue = rng.uniform(-0.1, 0.1, batch).astype(np.float32)
+    args = dict(brightness=list(factors[:, 0]), contrast=list(factors[:, 1]),
+                saturation=list(factors[:, 2]), hue_shift=list(hue_shifts(hue).astype(np.int32)),
+                order=[rng.permutation(4).astype(np.int32) for _ in range(batch)],
+                grayscale=list(rng.random(batch) < 0.2))
+
+    @pipeline_def(batch_size=batch, num_threads=1, device_id=0 if device == "gpu" else None)
+    def pipe():
+        x = fn.external_source(source=lambda: images, batch=True, layout="HWC", device=device)
+        named = {k: fn.external_source(source=(lambda v: lambda: v)(v), batch=True)
+                 for k, v in args.items()}
+        return fn.fmicl.color_jitter(x, **named)
+
+    built = pipe()
+    built.build()
+    built.run()
+    start, runs = time.perf_counter(), 5
+    for _ in range(runs):
+        built.run()
+    ours = (time.perf_counter() - start) / (runs * batch)
+
+    pil = [Image.fromarray(image) for image in images]
+    start = time.perf_counter()
+    for k, image in enumerate(pil):
+        for op in args["order"][k]:
+            if op == BRIGHTNESS:
+                image = F.adjust_brightness(image, float(factors[k, 0]))
+            elif op == CONTRAST:
+                image = F.adjust_contrast(image, float(factors[k, 1]))
+            elif op == SATURATION:
+                image = F.adjust_saturation(image, float(factors[k, 2]))
+            elif op == HUE:
+                image = F.adjust_hue(image, float(hue[k]))
+        if args["grayscale"][k]:
+            image = F.rgb_to_grayscale(image, num_output_channels=3)
+    reference = (time.perf_counter() - start) / batch
+    return 1e3 * ours, 1e3 * reference
 
 
 def time_epoch(loader, warmup: int) -> tuple[float, float, int]:
@@ -101,6 +159,12 @@ def main() -> None:
     print(f"# {len(index)} images, median {int(np.median(index.widths))} x "
           f"{int(np.median(index.heights))}, batch {args.batch_size}, {args.threads} threads, "
           f"DALI device {args.device}")
+
+    for size in args.sizes:
+        ours, reference = bench_colour(index, size, args.device)
+        print(f"colour jitter + grayscale, {size} px, 1 thread: fn.fmicl.color_jitter "
+              f"({args.device}) {ours:.3f} ms/view, torchvision on PIL {reference:.3f} ms/view "
+              f"({reference / ours:.1f}x)", flush=True)
 
     print(f"{'size':>5} {'loader':<26} {'img/s':>8} {'vs torchvision':>15} {'start-up s':>11}")
     for size in args.sizes:

@@ -2,16 +2,17 @@
 
 Python decides everything random (the sampler) and reads the encoded bytes in the sampler's
 order; DALI decodes, crops each view's window while resizing (``fn.resize`` with a region of
-interest), applies the colour operations with per-sample conditionals, and normalises to CHW.
+interest), applies the colour operations with per-sample parameters, and normalises to CHW.
 One definition serves both devices: ``device="gpu"`` decodes with the mixed (nvJPEG) backend and
 runs the rest on the GPU; ``device="cpu"`` runs the same graph without a GPU.
 
 Order of operations, as torchvision's SimCLR/BYOL pipelines on PIL images (uint8 with clipping
 after each step): crop+resize, [ColorJitter's four in the sampled order], grayscale, blur,
 solarise, normalise; the horizontal flip is applied last, in ``crop_mirror_normalize``, which is
-equivalent because every operation it moves past commutes with a mirror. Each operation matches
-torchvision's to rounding, the hue shift bit for bit (see shift_hue), except the blur, whose
-window is cut at 3 sigma (see view_inputs).
+equivalent because every operation it moves past commutes with a mirror. ColorJitter and
+grayscale are the project's own operator, fn.fmicl.color_jitter (cpp/dali), bit for bit
+torchvision's on PIL images; solarisation is exact; the resize matches to interpolation and the
+blur to rounding, its window cut at 3 sigma (see view_inputs).
 """
 
 from __future__ import annotations
@@ -25,28 +26,25 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from fmicl_engine.data.dali_ops import load_dali_ops
 from fmicl_engine.data.loader_state import EpochPositionState
 from fmicl_engine.data.image_index import ImageIndex, report_bad_file
 from fmicl_engine.data.recipe import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD,
                                       AugmentationRecipe)
-from fmicl_engine.data.sampler import (BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewPairParams,
-                                       sample_view_pairs, shard_indices)
+from fmicl_engine.data.sampler import HUE, ViewPairParams, sample_view_pairs, shard_indices
 
 DECODE_MODES = ("full", "slice")
-_VIEW_FIELDS = ("roi_start", "roi_end", "flip", "jitter", "brightness", "contrast", "saturation",
-                "step0", "step1", "step2", "hue_shift", "step3", "step4", "step5", "grayscale",
-                "blur", "sigma", "blur_window", "solarize")
-_AFTER_HUE = ("hue_shift", "step3", "step4", "step5")
-NO_STEP = -1  # a jitter step that does nothing
+_VIEW_FIELDS = ("roi_start", "roi_end", "flip", "brightness", "contrast", "saturation",
+                "hue_shift", "order", "grayscale", "blur", "sigma", "blur_window", "solarize")
+_COLOR_JITTER_ARGS = ("brightness", "contrast", "saturation", "hue_shift", "order", "grayscale")
+NO_STEP = -1  # a jitter step that does nothing (fmicl.color_jitter's code)
 
 
 def input_names(config: PipelineConfig) -> tuple[str, ...]:
-    """The pipeline's inputs; "slice" decoding also reads the window both views lie in, and a
-    view without hue jitter has neither a hue shift nor steps after it."""
+    """The pipeline's inputs; "slice" decoding also reads the window both views lie in."""
     window = ("window_start", "window_shape") if config.decode == "slice" else ()
     return ("encoded", "labels") + window + tuple(
-        f"view{v}_{name}" for v in (1, 2) for name in _VIEW_FIELDS
-        if name not in _AFTER_HUE or config.hue[v - 1])
+        f"view{v}_{name}" for v in (1, 2) for name in _VIEW_FIELDS)
 
 
 def _dali():
@@ -66,18 +64,15 @@ def hue_shifts(factors: np.ndarray) -> np.ndarray:
     return (np.trunc(factors.astype(np.float64) * 255.0).astype(np.int64) % 256).astype(np.uint8)
 
 
-def jitter_steps(order: np.ndarray, hue: bool) -> np.ndarray:
-    """(n, 6) int32: ColorJitter's order (n x 4 operation indices) as the pipeline runs it:
-    steps 0-2, the hue shift, steps 3-5. Brightness, contrast and saturation each fill one
-    step on their side of the hue, NO_STEP the rest; so the hue, by far the most operators,
-    is built into the graph once rather than once per position. ``hue`` False: the first three
-    steps in order, no hue (the recipe has none)."""
-    n = len(order)
-    others = order[order != HUE].reshape(n, 3).astype(np.int32)
-    hue_at = np.argmax(order == HUE, axis=1)[:, None] if hue else np.full((n, 1), 3)
-    before = np.arange(3)[None, :] < hue_at
-    return np.concatenate([np.where(before, others, NO_STEP),
-                           np.where(before, NO_STEP, others)], axis=1)
+def jitter_order(order: np.ndarray, applied: np.ndarray, hue: bool) -> np.ndarray:
+    """(n, 4) int32: the steps fmicl.color_jitter runs, from ColorJitter's sampled order (n x 4
+    operation indices): NO_STEP throughout where the jitter is not applied, and for the hue where
+    the recipe has none (ColorJitter(hue=0) never calls adjust_hue, whose HSV round trip changes
+    pixels even at a zero shift)."""
+    steps = order.astype(np.int32)
+    if not hue:
+        steps = np.where(steps == HUE, NO_STEP, steps)
+    return np.ascontiguousarray(np.where(applied[:, None], steps, NO_STEP), dtype=np.int32)
 
 
 def view_inputs(params: ViewPairParams, config: PipelineConfig) -> dict[str, np.ndarray]:
@@ -99,16 +94,15 @@ def view_inputs(params: ViewPairParams, config: PipelineConfig) -> dict[str, np.
         out[prefix + "roi_start"] = np.ascontiguousarray(starts[:, v])
         out[prefix + "roi_end"] = np.ascontiguousarray(ends[:, v])
         out[prefix + "flip"] = params.flip[:, v].astype(np.int32)
-        out[prefix + "jitter"] = np.ascontiguousarray(params.jitter[:, v])
-        factors = params.jitter_factors[:, v]
+        # Pillow blends with C float factors: float32 here, as the sampler draws them.
+        factors = params.jitter_factors[:, v].astype(np.float32)
         out[prefix + "brightness"] = np.ascontiguousarray(factors[:, 0])
         out[prefix + "contrast"] = np.ascontiguousarray(factors[:, 1])
         out[prefix + "saturation"] = np.ascontiguousarray(factors[:, 2])
-        out[prefix + "hue_shift"] = hue_shifts(factors[:, 3])
-        steps = jitter_steps(params.jitter_order[:, v], config.hue[v])
-        for k in range(6):
-            out[prefix + f"step{k}"] = np.ascontiguousarray(steps[:, k])
-        out[prefix + "grayscale"] = np.ascontiguousarray(params.grayscale[:, v])
+        out[prefix + "hue_shift"] = hue_shifts(factors[:, 3]).astype(np.int32)
+        out[prefix + "order"] = jitter_order(params.jitter_order[:, v], params.jitter[:, v],
+                                             config.hue[v])
+        out[prefix + "grayscale"] = params.grayscale[:, v].astype(np.bool_)
         out[prefix + "blur"] = params.blur_sigma[:, v] > 0
         sigma = np.maximum(params.blur_sigma[:, v], 1e-3)
         out[prefix + "sigma"] = np.ascontiguousarray(sigma)
@@ -141,89 +135,10 @@ _OUTPUT_DTYPES = {torch.float32: "FLOAT", torch.float16: "FLOAT16", torch.bfloat
 _SOLARIZE_TABLE = [255 - v if v >= SOLARIZE_THRESHOLD else v for v in range(256)]
 
 
-# PIL's hue by sextant, indexed by 4 (r < g) + 2 (g < b) + (b < r): in sixths of a turn,
-# hue = base + sign * (max - mid) / (max - min). Code 0 is grey (hue unused), 7 cannot occur.
-_SEXTANT_BASE = (1.0, 1.0, 5.0, -1.0, 3.0, 1.0, 3.0, 0.0)
-_SEXTANT_SIGN = (-1.0, -1.0, -1.0, 1.0, -1.0, 1.0, 1.0, 0.0)
-
-
-def _value_times_saturation() -> list[float]:
-    """By 256 V + (V - min): V times Pillow's 8-bit saturation, floor(255 (V - min) / V)."""
-    value, chroma = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
-    return (value * (255 * chroma // np.maximum(value, 1))).reshape(-1).astype(float).tolist()
-
-
-_VALUE_TIMES_SATURATION = _value_times_saturation()
-
-
-def _hue_weights(channel: int) -> list[float]:
-    """By 8-bit hue: the fraction (in 1/255) of V S that HSV->RGB takes off the channel. Zero
-    within a sixth of a turn of the channel's own hue (R 0, G 1/3, B 2/3), rising to 255 over
-    the next sixth."""
-    sixths = 6 * np.arange(256)  # the hue in 1/255 sixths; 8-bit hue 255 is a full turn
-    distance = np.abs(sixths - 510 * channel)
-    distance = np.minimum(distance, 1530 - distance)
-    return np.clip(distance - 255, 0, 255).astype(float).tolist()
-
-
-def shift_hue(x, shift):
-    """torchvision's adjust_hue on uint8 RGB HWC images, as it runs on PIL images: Pillow's
-    RGB->HSV with 8-bit H, S, V, ``shift`` (uint8 per sample, see hue_shifts) added to H modulo
-    256, HSV->RGB. Bit-exact on CPU: checked on all 2^24 colours at seven shifts, and the
-    HSV->RGB step (its integer arithmetic in numpy) on every (H, S, V) that RGB->HSV can
-    produce. The GPU runs the same operations, its float32 division IEEE too (not checked here).
-
-    Pillow computes the hue in float as 2 + rc - bc and the like, where one of the two
-    quotients is exactly 1: it is base + sign * q with q = (max - mid) / (max - min) rounded
-    once, which is what is computed here, then h / 6 (+ 1 if negative) times 255, truncated.
-    HSV->RGB is V - round(V S w / 255^2) in integers, w from a table by hue (_hue_weights):
-    Pillow's rounded p, q, t (no exact half occurs, so its float rounding agrees)."""
-    fn, _, types = _dali()
-    from nvidia.dali import math as dmath
-
-    def u8(value):
-        return types.Constant(value, dtype=types.UINT8)
-
-    def i32(value):
-        return types.Constant(value, dtype=types.INT32)
-
-    r, g, b = x[:, :, 0], x[:, :, 1], x[:, :, 2]
-    value = dmath.max(r, dmath.max(g, b))
-    chroma = value - dmath.min(r, dmath.min(g, b))
-    mid = dmath.max(dmath.min(r, g), dmath.min(dmath.max(r, g), b))
-    sextant = (r < g) * u8(4) + (g < b) * u8(2) + (b < r)
-    table = dict(keys=list(range(8)), dtype=types.INT8)
-    base = fn.lookup_table(sextant, values=list(_SEXTANT_BASE), **table)
-    sign = fn.lookup_table(sextant, values=list(_SEXTANT_SIGN), **table)
-    h = base + sign * ((value - mid) / dmath.max(chroma, u8(1)))
-    hue = fn.cast(dmath.floor((h / 6.0 + (h < 0.0)) * 255.0), dtype=types.UINT8)
-    hue = hue + shift  # uint8: wraps modulo 256 as Pillow's
-    key = value * types.Constant(256, dtype=types.UINT16) + chroma
-    value_sat = fn.lookup_table(key, keys=list(range(65536)), values=_VALUE_TIMES_SATURATION,
-                                dtype=types.INT32)
-    channels = [value - (value_sat * fn.lookup_table(hue, keys=list(range(256)),
-                                                     values=_hue_weights(c), dtype=types.UINT8)
-                         + i32(32512)) // i32(65025)
-                for c in range(3)]
-    return fn.reshape(fn.cast(fn.stack(*channels, axis=2), dtype=types.UINT8), layout="HWC")
-
-
-def _colour(x, p, types, fn, config: PipelineConfig, hue: bool):
-    """ColorJitter in the sampled order, grayscale, blur, solarisation; uint8 HWC in and out.
-
-    Saturation, grayscale and hue are written with colour-space conversions and arithmetic
-    rather than fn.saturation / fn.hue: on CPU those measured 3 ms per 224 px image, the
-    saturation expression under 1.2 ms; fn.hue is moreover a YIQ rotation, not torchvision's
-    HSV shift."""
-    if p("jitter"):  # in the sampled order: see jitter_steps
-        for k in range(3):
-            x = _jitter_step(x, p(f"step{k}"), p, types, fn, config)
-        if hue:
-            x = shift_hue(x, p("hue_shift"))
-            for k in range(3, 6):
-                x = _jitter_step(x, p(f"step{k}"), p, types, fn, config)
-    if p("grayscale"):
-        x = _grayscale(x, fn, types)
+def _colour(x, p, fn, types):
+    """ColorJitter in the sampled order and grayscale (fmicl.color_jitter), blur, solarisation;
+    uint8 HWC in and out."""
+    x = fn.fmicl.color_jitter(x, **{name: p(name) for name in _COLOR_JITTER_ARGS})
     if p("blur"):
         x = fn.gaussian_blur(x, sigma=p("sigma"), window_size=p("blur_window"))
     if p("solarize"):
@@ -231,35 +146,12 @@ def _colour(x, p, types, fn, config: PipelineConfig, hue: bool):
     return x
 
 
-def _jitter_step(x, op, p, types, fn, config: PipelineConfig):
-    """Brightness, contrast or saturation by the per-sample ``op`` (NO_STEP: none)."""
-    if op == BRIGHTNESS:
-        x = fn.brightness_contrast(x, brightness=p("brightness"))
-    elif op == CONTRAST:
-        # torchvision blends with the mean of the grayscale image, not mid-grey.
-        gray = fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY)
-        centre = fn.reductions.mean(gray)
-        if config.device == "gpu":
-            centre = centre.cpu()  # argument inputs live on the host
-        x = fn.brightness_contrast(x, contrast=p("contrast"), contrast_center=centre)
-    elif op == SATURATION:
-        factor = p("saturation")  # torchvision: blend with the grayscale image
-        x = fn.cast(factor * x + (1.0 - factor) * _grayscale(x, fn, types), dtype=types.UINT8)
-        x = fn.reshape(x, layout="HWC")  # arithmetic drops the layout; branches need it
-    return x
-
-
-def _grayscale(x, fn, types):
-    """Y = .299 R + .587 G + .114 B in all three channels, as torchvision's rgb_to_grayscale."""
-    gray = fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY)
-    return fn.color_space_conversion(gray, image_type=types.GRAY, output_type=types.RGB)
-
-
 def build_pipeline(source, config: PipelineConfig, batch_size: int, *, device_id: int | None,
                    build: bool = True):
     """The DALI pipeline: ``source(batch_info)`` returns the arrays named by input_names().
     ``device_id``: the CUDA device of a "gpu" pipeline (None without a GPU)."""
     fn, pipeline_def, types = _dali()
+    load_dali_ops()
     decoder_device = "mixed" if config.device == "gpu" else "cpu"
     size = [config.image_size, config.image_size]
     out_dtype = getattr(types, _OUTPUT_DTYPES[config.dtype])
@@ -284,7 +176,7 @@ def build_pipeline(source, config: PipelineConfig, batch_size: int, *, device_id
             # Crop and resize in one pass: the view's window is the resize's region of interest.
             x = fn.resize(image, size=size, roi_start=p("roi_start"), roi_end=p("roi_end"),
                           interp_type=types.INTERP_LINEAR, antialias=True)
-            x = _colour(x, p, types, fn, config, config.hue[v - 1])
+            x = _colour(x, p, fn, types)
             views.append(fn.crop_mirror_normalize(
                 x, mirror=p("flip"), output_layout="CHW", dtype=out_dtype,
                 mean=[255.0 * m for m in IMAGENET_MEAN], std=[255.0 * s for s in IMAGENET_STD]))
