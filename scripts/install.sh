@@ -18,9 +18,11 @@ pip_install "scikit-build-core>=0.10" "pybind11>=2.12" numpy scikit-learn tqdm p
   "tomli>=2; python_version < '3.11'"
 # DALI: the engine's image pipeline (CPU here, GPU on servers). x86_64 Linux wheels only. The
 # project's own DALI operators (cpp/dali) compile against DALI's headers, which include the CUDA
-# runtime's: torch's CUDA wheels bring cuda_runtime.h, these two wheels the rest (no toolkit needed).
+# runtime's: these three header wheels (~4 MB; torch's CUDA 13 build already has the first) serve
+# without a CUDA toolkit.
 if [ "$(uname -sm)" = "Linux x86_64" ]; then
-  pip_install "nvidia-dali-cuda130==2.4.0" "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
+  pip_install "nvidia-dali-cuda130==2.4.0" \
+    "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
 fi
 # FMICL_CUDA=ON in the environment also compiles the CUDA kernels (needs a CUDA toolkit).
 pip_install --no-build-isolation -e .

@@ -213,7 +213,8 @@ def test_gpu_backend_equals_the_cpu_backend(images):
     built = pipe()
     built.build()
     (out,) = built.run()
-    gpu = [np.array(t) for t in out.as_cpu()]
+    out = out.as_cpu()
+    gpu = [np.array(out[k]) for k in range(len(batch))]
     cpu = run_color_jitter(batch, per_image)
     for k, (a, b) in enumerate(zip(gpu, cpu, strict=True)):
         assert np.array_equal(a, b), k
