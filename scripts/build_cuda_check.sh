@@ -32,15 +32,22 @@ cmake -S "$repo" -B "$build_dir" -G Ninja \
   -DPython_EXECUTABLE="$(command -v "$python")"
 cmake --build "$build_dir" -j "${FMICL_BUILD_JOBS:-2}"
 
-# The device code is really in the module: its fatbinary section and the kernels' host stubs.
-module="$(find "$build_dir" -maxdepth 1 -name '_C*.so' | head -n 1)"
-echo "build_cuda_check: built $module"
-fatbin_hex="$(objdump -h "$module" | awk '$2 == ".nv_fatbin" {print $3}')"
-if [[ -z "$fatbin_hex" ]]; then
-  echo "build_cuda_check: no .nv_fatbin section: no device code was compiled in" >&2
-  exit 1
-fi
-echo "  .nv_fatbin section: $((16#$fatbin_hex)) bytes of device code"
-# One host stub per kernel instantiation; count them per kernel template.
-nm "$module" | grep -oE '__device_stub__[A-Za-z0-9_]*E8__handle' | sort -u | grep -oE '[a-z_]+_kernel' | sort | uniq -c \
-  | awk '{print "  " $2 ": " $1 " instantiations"}' || true
+# The device code is really in each library: its fatbinary section and the kernels' host stubs.
+# _C always; libfmicl_dali.so (the DALI operators) when DALI is installed.
+for pattern in '_C*.so' 'libfmicl_dali.so'; do
+  module="$(find "$build_dir" -maxdepth 1 -name "$pattern" | head -n 1)"
+  if [[ -z "$module" && "$pattern" == libfmicl_dali.so ]]; then
+    echo "build_cuda_check: no DALI operators built (DALI not installed)"
+    continue
+  fi
+  echo "build_cuda_check: built $module"
+  fatbin_hex="$(objdump -h "$module" | awk '$2 == ".nv_fatbin" {print $3}')"
+  if [[ -z "$fatbin_hex" ]]; then
+    echo "build_cuda_check: no .nv_fatbin section in $module: no device code was compiled in" >&2
+    exit 1
+  fi
+  echo "  .nv_fatbin section: $((16#$fatbin_hex)) bytes of device code"
+  # One host stub per kernel instantiation; count them per kernel template.
+  nm "$module" | grep -oE '__device_stub__[A-Za-z0-9_]*E8__handle' | sort -u | grep -oE '[a-z_]+_kernel' | sort | uniq -c \
+    | awk '{print "  " $2 ": " $1 " instantiations"}' || true
+done

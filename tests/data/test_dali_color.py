@@ -218,3 +218,91 @@ def test_gpu_backend_equals_the_cpu_backend(images):
     cpu = run_color_jitter(batch, per_image)
     for k, (a, b) in enumerate(zip(gpu, cpu, strict=True)):
         assert np.array_equal(a, b), k
+
+
+# --- the CUDA kernel, run on the CPU ---------------------------------------------------------
+# cpp/dali/color_jitter_kernel.cuh compiled as C++ against tests/loss/cuda_emulation.h (each CUDA
+# thread a std::thread, __syncthreads a barrier), 64 threads a block so that the pixel loops
+# stride and the block sum halves six times: the kernel's logic and its reduction, checked
+# against torchvision without a GPU (test_gpu_backend_equals_the_cpu_backend is the real thing).
+EMULATED_THREADS = 64
+EMULATION_DRIVER = r"""
+#include <vector>
+#include "cuda_emulation.h"
+#include "color_jitter_kernel.cuh"
+using namespace fmicl;
+extern "C" void emulated_color_jitter(const uint8_t *in, uint8_t *out, const int64_t *pixels,
+                                      const float *factors, const int32_t *hue_shift,
+                                      const int32_t *order, const uint8_t *grayscale, int n) {
+  std::vector<dali_ops::ColorSample> samples(n);
+  int64_t offset = 0;
+  for (int i = 0; i < n; ++i) {
+    pil::ColorParams p{factors[3 * i], factors[3 * i + 1], factors[3 * i + 2], hue_shift[i],
+                       {order[4 * i], order[4 * i + 1], order[4 * i + 2], order[4 * i + 3]},
+                       grayscale[i] != 0};
+    samples[i] = {in + 3 * offset, out + 3 * offset, pixels[i], p};
+    offset += pixels[i];
+  }
+  emu_launch(n, dali_ops::kColorThreads, dali_ops::color_jitter_kernel, samples.data());
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def emulated_kernel(tmp_path_factory):
+    import ctypes
+    import re
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    folder = tmp_path_factory.mktemp("color_jitter_emulated")
+    kernel, made = re.subn(r"constexpr int kColorThreads = \d+;",
+                           f"constexpr int kColorThreads = {EMULATED_THREADS};",
+                           (repo / "cpp" / "dali" / "color_jitter_kernel.cuh").read_text())
+    assert made == 1, "color_jitter_kernel.cuh: kColorThreads not found"
+    (folder / "color_jitter_kernel.cuh").write_text(kernel)
+    (folder / "driver.cpp").write_text(EMULATION_DRIVER)
+    library = folder / "libemulated.so"
+    subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-ffp-contract=off",
+                    f"-I{folder}", f"-I{repo / 'cpp' / 'include'}", f"-I{repo / 'tests' / 'loss'}",
+                    str(folder / "driver.cpp"), "-o", str(library)], check=True)
+    return ctypes.CDLL(str(library)).emulated_color_jitter
+
+
+def run_emulated(kernel, images, per_image):
+    import ctypes
+
+    def pointer(array):
+        return array.ctypes.data_as(ctypes.c_void_p)
+
+    flat = np.concatenate([image.reshape(-1) for image in images])
+    out = np.zeros_like(flat)
+    pixels = np.array([image.shape[0] * image.shape[1] for image in images], dtype=np.int64)
+    factors = np.array([[p["brightness"], p["contrast"], p["saturation"]] for p in per_image],
+                       dtype=np.float32)
+    hue_shift = np.array([p["hue_shift"] for p in per_image], dtype=np.int32)
+    order = np.stack([p["order"] for p in per_image]).astype(np.int32)
+    grayscale = np.array([p["grayscale"] for p in per_image], dtype=np.uint8)
+    kernel(pointer(flat), pointer(out), pointer(pixels), pointer(factors), pointer(hue_shift),
+           pointer(order), pointer(grayscale), ctypes.c_int(len(images)))
+    ends = np.cumsum(3 * pixels)
+    return [out[end - 3 * n:end].reshape(image.shape)
+            for end, n, image in zip(ends, pixels, images, strict=True)]
+
+
+def test_emulated_cuda_kernel_is_torchvisions(emulated_kernel, images):
+    # Contrast at every position (its block sum over the steps before it), odd image sizes.
+    rng = np.random.default_rng(3)
+    small = [np.ascontiguousarray(image[:41, :29]) for image in images]
+    batch, per_image = [], []
+    for k in range(12):
+        order = list(rng.permutation([BRIGHTNESS, SATURATION, HUE]))
+        order.insert(k % 4, CONTRAST)
+        batch.append(small[k % len(small)])
+        per_image.append(params(order, rng.uniform(0.2, 1.8), rng.uniform(0.2, 1.8),
+                                rng.uniform(0.0, 2.0), rng.uniform(-0.5, 0.5), k % 3 == 0))
+    for k, (image, p, got) in enumerate(zip(batch, per_image,
+                                            run_emulated(emulated_kernel, batch, per_image),
+                                            strict=True)):
+        assert np.array_equal(got, torchvision_color(image, p)), k

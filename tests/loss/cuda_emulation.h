@@ -1,4 +1,5 @@
-// Runs the CUDA kernels of cpp/cuda/pairwise_cuda.cu on the CPU, for test_cuda_emulated.py: each
+// Runs CUDA kernels on the CPU (cpp/cuda/pairwise_cuda.cu for test_cuda_emulated.py, the
+// colour kernel for tests/data/test_dali_color.py): each
 // CUDA thread of a block is a std::thread, blocks run one after another, __syncthreads is a
 // barrier of the block's threads and __shared__ variables are statics (one block at a time uses
 // them). test_cuda_emulated.py rewrites each launch `k<<<grid, block, smem, stream>>>(args)` into
@@ -43,9 +44,11 @@ void emu_launch(long long grid, int block, Kernel kernel, Args... args) {
 #define __launch_bounds__(threads)
 #define C10_CUDA_KERNEL_LAUNCH_CHECK()
 
+#ifdef TORCH_LIBRARY  // the torch ops' kernels (included after torch/library.h)
 namespace c10::cuda {
 inline int getCurrentCUDAStream() { return 0; }
 struct CUDAGuard {
   explicit CUDAGuard(c10::Device) {}
 };
 }  // namespace c10::cuda
+#endif
