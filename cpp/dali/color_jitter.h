@@ -11,8 +11,10 @@
 
 namespace fmicl::dali_ops {
 
-// The batch's per-sample parameters, from the operator's argument inputs (checked here).
-std::vector<pil::ColorParams> read_color_params(const ::dali::Workspace &ws, int batch_size);
+// The batch's per-sample parameters, from the operator's argument inputs or constant arguments
+// (checked here).
+std::vector<pil::ColorParams> read_color_params(const ::dali::OpSpec &spec,
+                                                const ::dali::Workspace &ws, int batch_size);
 
 // What the backends share: the output is the input's shape and type, checked here. Each
 // backend file derives the operator with its RunImpl.

@@ -134,24 +134,48 @@ void color_image(const uint8_t *in, uint8_t *out, int64_t pixels, const pil::Col
 
 }  // namespace
 
-std::vector<pil::ColorParams> read_color_params(const ::dali::Workspace &ws, int batch_size) {
+namespace {
+
+// A per-sample scalar: from the argument input, or the constant the operator was built with.
+template <typename T>
+T scalar_argument(const ::dali::OpSpec &spec, const ::dali::Workspace &ws, const char *name,
+                  int sample) {
+  return spec.HasTensorArgument(name) ? *sample_argument<T>(ws, name, sample, 1)
+                                      : spec.GetArgument<T>(name);
+}
+
+}  // namespace
+
+std::vector<pil::ColorParams> read_color_params(const ::dali::OpSpec &spec,
+                                                const ::dali::Workspace &ws, int batch_size) {
+  std::vector<int> constant_order;
+  if (!spec.HasTensorArgument("order")) {
+    constant_order = spec.GetRepeatedArgument<int>("order");
+    DALI_ENFORCE(constant_order.size() == pil::kJitterSteps,
+                 ::dali::make_string("fmicl.color_jitter: argument `order` needs ",
+                                     pil::kJitterSteps, " value(s) per sample, got ",
+                                     constant_order.size()));
+  }
   std::vector<pil::ColorParams> params(batch_size);
   for (int i = 0; i < batch_size; ++i) {
     pil::ColorParams &p = params[i];
-    p.brightness = *sample_argument<float>(ws, "brightness", i, 1);
-    p.contrast = *sample_argument<float>(ws, "contrast", i, 1);
-    p.saturation = *sample_argument<float>(ws, "saturation", i, 1);
-    p.hue_shift = *sample_argument<int32_t>(ws, "hue_shift", i, 1);
+    p.brightness = scalar_argument<float>(spec, ws, "brightness", i);
+    p.contrast = scalar_argument<float>(spec, ws, "contrast", i);
+    p.saturation = scalar_argument<float>(spec, ws, "saturation", i);
+    p.hue_shift = scalar_argument<int32_t>(spec, ws, "hue_shift", i);
     DALI_ENFORCE(0 <= p.hue_shift && p.hue_shift < 256,
                  ::dali::make_string("fmicl.color_jitter: hue_shift must be in [0, 256), got ",
                                      p.hue_shift, " at sample ", i));
-    std::memcpy(p.order, sample_argument<int32_t>(ws, "order", i, pil::kJitterSteps),
-                sizeof(p.order));
+    if (constant_order.empty())
+      std::memcpy(p.order, sample_argument<int32_t>(ws, "order", i, pil::kJitterSteps),
+                  sizeof(p.order));
+    else
+      std::copy(constant_order.begin(), constant_order.end(), p.order);
     for (int32_t step : p.order)
       DALI_ENFORCE(pil::kNoStep <= step && step <= pil::kHue,
                    ::dali::make_string("fmicl.color_jitter: order holds step ", step,
                                        " at sample ", i, "; steps are -1 (none) to 3"));
-    p.grayscale = *sample_argument<bool>(ws, "grayscale", i, 1);
+    p.grayscale = scalar_argument<bool>(spec, ws, "grayscale", i);
   }
   return params;
 }
@@ -169,7 +193,7 @@ void ColorJitterCpu::RunImpl(::dali::Workspace &ws) {
   auto &output = ws.Output<::dali::CPUBackend>(0);
   output.SetLayout(images.GetLayout());
   const int batch_size = images.num_samples();
-  const std::vector<pil::ColorParams> params = read_color_params(ws, batch_size);
+  const std::vector<pil::ColorParams> params = read_color_params(spec_, ws, batch_size);
   auto &pool = ws.GetThreadPool();
   for (int i = 0; i < batch_size; ++i) {
     const auto shape = images.tensor_shape_span(i);

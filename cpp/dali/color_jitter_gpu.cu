@@ -21,7 +21,7 @@ class ColorJitterGpu : public ColorJitterBase<::dali::GPUBackend> {
     output.SetLayout(images.GetLayout());
     const int batch_size = images.num_samples();
     if (batch_size == 0) return;
-    const std::vector<pil::ColorParams> params = read_color_params(ws, batch_size);
+    const std::vector<pil::ColorParams> params = read_color_params(spec_, ws, batch_size);
     std::vector<ColorSample> host(batch_size);
     for (int i = 0; i < batch_size; ++i) {
       const auto shape = images.tensor_shape_span(i);

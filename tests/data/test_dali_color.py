@@ -306,3 +306,24 @@ def test_emulated_cuda_kernel_is_torchvisions(emulated_kernel, images):
                                             run_emulated(emulated_kernel, batch, per_image),
                                             strict=True)):
         assert np.array_equal(got, torchvision_color(image, p)), k
+
+
+def test_constant_arguments_work_as_per_sample_ones(images):
+    from nvidia.dali import fn, pipeline_def
+
+    load_dali_ops()
+    p = params((SATURATION, HUE, CONTRAST), saturation=1.4, contrast=0.7, hue=0.2, grayscale=False)
+    batch = images[:2]
+
+    @pipeline_def(batch_size=len(batch), num_threads=1, device_id=None)
+    def pipe():
+        x = fn.external_source(source=lambda: batch, batch=True, layout="HWC")
+        return fn.fmicl.color_jitter(x, brightness=1.0, contrast=0.7, saturation=1.4,
+                                     hue_shift=int(p["hue_shift"]), order=[2, 3, 1, -1],
+                                     grayscale=False)
+
+    built = pipe()
+    built.build()
+    (out,) = built.run()
+    for k, image in enumerate(batch):
+        assert np.array_equal(np.array(out[k]), torchvision_color(image, p)), k
