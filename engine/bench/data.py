@@ -61,7 +61,7 @@ def bench_colour(index, size: int, device: str, batch: int = 32) -> tuple[float,
     from fmicl_engine.data.sampler import BRIGHTNESS, CONTRAST, HUE, SATURATION
     import torchvision.transforms.functional as F
 
-    load_dali_ops()
+    load_dali_ops(device)
     rng = np.random.default_rng(0)
     images = [np.asarray(Image.open(index.paths[k % len(index)]).convert("RGB")
                          .resize((size, size), Image.BILINEAR)) for k in range(batch)]

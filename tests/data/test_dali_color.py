@@ -327,3 +327,11 @@ def test_constant_arguments_work_as_per_sample_ones(images):
     (out,) = built.run()
     for k, image in enumerate(batch):
         assert np.array_equal(np.array(out[k]), torchvision_color(image, p)), k
+
+
+def test_gpu_pipeline_without_the_cuda_backend_says_how_to_build_it(monkeypatch):
+    from fmicl_engine import _ext
+
+    monkeypatch.setitem(_ext._C.build_info, "with_cuda", False)
+    with pytest.raises(ImportError, match="FMICL_CUDA=ON"):
+        load_dali_ops("gpu")

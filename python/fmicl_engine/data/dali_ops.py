@@ -14,15 +14,20 @@ LIBRARY_NAME = "libfmicl_dali.so"
 _loaded = False
 
 
-def load_dali_ops() -> None:
-    """Registers the operators with DALI (once per process); ImportError says what to do."""
+def load_dali_ops(device: str = "cpu") -> None:
+    """Registers the operators with DALI (once per process); ImportError says what to do.
+    ``device="gpu"``: the CUDA backend is needed too, built only with FMICL_CUDA=ON."""
+    from fmicl_engine._ext import BUILD_COMMAND, _C
+
+    if device == "gpu" and not _C.build_info["with_cuda"]:
+        raise ImportError(
+            "the GPU data pipeline needs the CUDA backend of fmicl_engine's DALI operators, "
+            f"which this build lacks. Rebuild with the CUDA kernels: FMICL_CUDA=ON {BUILD_COMMAND}")
     global _loaded
     if _loaded:
         return
     import nvidia.dali
     from nvidia.dali import plugin_manager
-
-    from fmicl_engine._ext import BUILD_COMMAND, _C
 
     built_with = _C.build_info["dali_version"]
     if not built_with:

@@ -151,7 +151,7 @@ def build_pipeline(source, config: PipelineConfig, batch_size: int, *, device_id
     """The DALI pipeline: ``source(batch_info)`` returns the arrays named by input_names().
     ``device_id``: the CUDA device of a "gpu" pipeline (None without a GPU)."""
     fn, pipeline_def, types = _dali()
-    load_dali_ops()
+    load_dali_ops(config.device if build else "cpu")  # a graph alone needs no CUDA backend
     decoder_device = "mixed" if config.device == "gpu" else "cpu"
     size = [config.image_size, config.image_size]
     out_dtype = getattr(types, _OUTPUT_DTYPES[config.dtype])
