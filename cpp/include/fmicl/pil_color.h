@@ -75,6 +75,7 @@ FMICL_HD Rgb blend(Rgb degenerate, Rgb c, float alpha) {
 // ImageEnhance.Contrast's grey level: int(mean of the L image + 0.5), the mean as Python's
 // correctly rounded int / int.
 FMICL_HD int32_t contrast_grey(int64_t luma_sum, int64_t pixels) {
+  if (pixels == 0) return 0;  // an empty image: nothing to blend
   const double mean = static_cast<double>(luma_sum) / static_cast<double>(pixels);
   return static_cast<int32_t>(mean + 0.5);
 }
