@@ -71,9 +71,11 @@ def test_colour_operations_follow_the_sampler(tree):
                                    seed=SEED)
     view1, view2, _ = next(iter(loader))
     ref1, ref2, _ = reference_views(tree, recipe, 40, np.arange(12))
+    # The colour operations are exact (jitter, grayscale, solarise) or nearly (blur): what is
+    # left is the resize's interpolation, ~0.2-0.4 per image as without them.
     for ours, ref in ((view1, ref1), (view2, ref2)):
         err = uint8_error(ours, ref)
-        assert err.max() < 3.0, err
+        assert err.max() < 1.0, err
     # Without the colour pass the views differ by far more: the test sees the operations.
     plain1, _, _ = reference_views(tree, recipe, 40, np.arange(12), colour=False)
     assert uint8_error(view1, plain1).mean() > 10
