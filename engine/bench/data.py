@@ -58,8 +58,7 @@ def bench_colour(index, size: int, device: str, batch: int = 32) -> tuple[float,
 
     from fmicl_engine.data.dali_ops import load_dali_ops
     from fmicl_engine.data.dali_pipeline import hue_shifts
-    from fmicl_engine.data.sampler import BRIGHTNESS, CONTRAST, HUE, SATURATION
-    import torchvision.transforms.functional as F
+    from fmicl_engine.data.torchvision_reference import colour_jitter
 
     load_dali_ops(device)
     rng = np.random.default_rng(0)
@@ -90,17 +89,7 @@ def bench_colour(index, size: int, device: str, batch: int = 32) -> tuple[float,
     pil = [Image.fromarray(image) for image in images]
     start = time.perf_counter()
     for k, image in enumerate(pil):
-        for op in args["order"][k]:
-            if op == BRIGHTNESS:
-                image = F.adjust_brightness(image, float(factors[k, 0]))
-            elif op == CONTRAST:
-                image = F.adjust_contrast(image, float(factors[k, 1]))
-            elif op == SATURATION:
-                image = F.adjust_saturation(image, float(factors[k, 2]))
-            elif op == HUE:
-                image = F.adjust_hue(image, float(hue[k]))
-        if args["grayscale"][k]:
-            image = F.rgb_to_grayscale(image, num_output_channels=3)
+        colour_jitter(image, args["order"][k], [*factors[k], hue[k]], args["grayscale"][k])
     reference = (time.perf_counter() - start) / batch
     return 1e3 * ours, 1e3 * reference
 

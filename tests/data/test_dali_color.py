@@ -12,6 +12,7 @@ pytest.importorskip("nvidia.dali")
 from fmicl_engine.data.dali_ops import load_dali_ops  # noqa: E402
 from fmicl_engine.data.dali_pipeline import NO_STEP, hue_shifts  # noqa: E402
 from fmicl_engine.data.sampler import BRIGHTNESS, CONTRAST, HUE, SATURATION  # noqa: E402
+from fmicl_engine.data.torchvision_reference import colour_jitter  # noqa: E402
 
 ARGS = ("brightness", "contrast", "saturation", "hue_shift", "order", "grayscale")
 
@@ -49,19 +50,8 @@ def run_color_jitter(images, per_image, num_threads=2):
 
 
 def torchvision_color(image, p):
-    out = Image.fromarray(image)
-    for op in p["order"]:
-        if op == BRIGHTNESS:
-            out = F.adjust_brightness(out, float(p["brightness"]))
-        elif op == CONTRAST:
-            out = F.adjust_contrast(out, float(p["contrast"]))
-        elif op == SATURATION:
-            out = F.adjust_saturation(out, float(p["saturation"]))
-        elif op == HUE:
-            out = F.adjust_hue(out, float(p["hue_factor"]))
-    if p["grayscale"]:
-        out = F.rgb_to_grayscale(out, num_output_channels=3)
-    return np.asarray(out)
+    factors = [p["brightness"], p["contrast"], p["saturation"], p["hue_factor"]]
+    return np.asarray(colour_jitter(Image.fromarray(image), p["order"], factors, p["grayscale"]))
 
 
 def assert_matches_torchvision(images, per_image):

@@ -19,8 +19,22 @@ from fmicl_engine.data.loader_state import EpochPositionState
 from fmicl_engine.data.image_index import ImageIndex
 from fmicl_engine.data.recipe import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD,
                                       AugmentationRecipe)
-from fmicl_engine.data.sampler import (BRIGHTNESS, CONTRAST, SATURATION, ViewPairParams,
+from fmicl_engine.data.sampler import (BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewPairParams,
                                        sample_view_pairs, shard_indices)
+
+
+def colour_jitter(image: Image.Image, order, factors, grayscale: bool) -> Image.Image:
+    """ColorJitter's steps in ``order`` (BRIGHTNESS, CONTRAST, SATURATION, HUE; any other value
+    is no step) with ``factors`` (brightness, contrast, saturation, hue), then RandomGrayscale's
+    conversion if ``grayscale``: torchvision on a PIL image."""
+    adjust = {BRIGHTNESS: F.adjust_brightness, CONTRAST: F.adjust_contrast,
+              SATURATION: F.adjust_saturation, HUE: F.adjust_hue}
+    for op in order:
+        if op in adjust:
+            image = adjust[int(op)](image, float(factors[int(op)]))
+    if grayscale:
+        image = F.rgb_to_grayscale(image, num_output_channels=3)
+    return image
 
 
 def apply_view(image: Image.Image, params: ViewPairParams, sample: int, view: int,
@@ -33,19 +47,11 @@ def apply_view(image: Image.Image, params: ViewPairParams, sample: int, view: in
         out = F.hflip(out)
     if not colour:
         return out
-    if params.jitter[sample, view]:
-        b, c, s, h = (float(x) for x in params.jitter_factors[sample, view])
-        for op in params.jitter_order[sample, view]:
-            if op == BRIGHTNESS:
-                out = F.adjust_brightness(out, b)
-            elif op == CONTRAST:
-                out = F.adjust_contrast(out, c)
-            elif op == SATURATION:
-                out = F.adjust_saturation(out, s)
-            elif h != 0.0:  # ColorJitter(hue=0) never calls adjust_hue, whose HSV round trip is lossy
-                out = F.adjust_hue(out, h)
-    if params.grayscale[sample, view]:
-        out = F.rgb_to_grayscale(out, num_output_channels=3)
+    factors = params.jitter_factors[sample, view]
+    order = params.jitter_order[sample, view] if params.jitter[sample, view] else []
+    # ColorJitter(hue=0) never calls adjust_hue, whose HSV round trip is lossy.
+    order = [op for op in order if op != HUE or factors[HUE] != 0.0]
+    out = colour_jitter(out, order, factors, bool(params.grayscale[sample, view]))
     sigma = float(params.blur_sigma[sample, view])
     if sigma > 0:
         out = F.gaussian_blur(out, [blur_kernel, blur_kernel], [sigma, sigma])
