@@ -91,11 +91,10 @@ FMICL_HD Rgb shift_hue(Rgb c, int32_t shift) {
   const int32_t value = max_i(c.r, max_i(c.g, c.b));
   const int32_t chroma = value - min_i(c.r, min_i(c.g, c.b));
   const int32_t mid = max_i(min_i(c.r, c.g), min_i(max_i(c.r, c.g), c.b));
-  // Selects rather than a table by sextant, so that the host loop vectorises.
   const int32_t sextant = 4 * (c.r < c.g) + 2 * (c.g < c.b) + (c.b < c.r);
-  // Base: 5 (sextant 2), -1 (3), 3 (4, 6), 1 (the others); sign + (3, 5, 6), - (the others).
   // Base 5 (sextant 2), -1 (3), 3 (4, 6), else 1; sign + (3, 5, 6), else -. Packed 4 bits per
-  // sextant (base + 1, then the sign bit) and picked by a shift: no branches, so the loop vectorises.
+  // sextant (base + 1, then the sign bit) and picked by a shift rather than a table: no
+  // branches or gathers, so the host loop vectorises.
   constexpr uint32_t kSextants = 0x3u << 0 | 0x2u << 4 | 0x6u << 8 | 0x8u << 12 | 0x4u << 16 |
                                  0xAu << 20 | 0xCu << 24 | 0x2u << 28;
   const uint32_t packed = (kSextants >> (4 * sextant)) & 0xFu;
