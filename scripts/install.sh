@@ -14,7 +14,7 @@ pip_install() { "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@
 if ! "$PYTHON" -c "import torch, torchvision" 2>/dev/null; then
   pip_install "torch==2.14.1" "torchvision==0.29.1"
 fi
-pip_install "scikit-build-core>=0.10" "pybind11>=2.12" numpy scikit-learn tqdm pillow pytest \
+pip_install "scikit-build-core>=0.10" "pybind11>=2.12" numpy scikit-learn tqdm pillow tensorboard pytest \
   "tomli>=2; python_version < '3.11'"
 # DALI: the engine's image pipeline (CPU here, GPU on servers). x86_64 Linux wheels only. The
 # project's own DALI operators (cpp/dali) compile against DALI's headers, which include the CUDA

@@ -36,8 +36,17 @@ def test_config_errors_exit_2_with_one_line(tmp_path):
 
 
 def test_the_imagenet_config_fails_cleanly_on_its_missing_dataset():
-    assert_one_line_config_error(cli("validate", "configs/imagenet_kl.toml"),
+    assert_one_line_config_error(cli("validate", "configs/imagenet_kl.toml", "--set", "run.device=cpu",
+                                     "--set", "data.imagefolder.device=cpu"),
                                  "data.imagefolder.root: no such directory: /data/imagenet/train")
+
+
+def test_validate_reports_every_error_at_once():
+    result = cli("validate", "configs/imagenet_kl.toml", "--set", "loss.sigma=-1", "--set", "train.batch_sise=8")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    keys = [line.split(":")[1].strip() for line in result.stderr.splitlines()]
+    assert all(line.startswith("config error: ") for line in result.stderr.splitlines())
+    assert {"loss.sigma", "train.batch_sise", "data.imagefolder.root"} <= set(keys)
 
 
 def test_validate_prints_the_resolved_config():
@@ -56,12 +65,12 @@ def test_a_tiny_run_writes_config_metrics_and_results(tmp_path):
     assert result.returncode == 0, result.stderr
     results = json.loads(result.stdout.splitlines()[-1])  # the final line prints the results
     assert json.loads((out / "results.json").read_text()) == results
-    for key in ("linear_probe_top1", "random_init_probe_top1", "pretrain_seconds", "probe_seconds", "total_seconds"):
+    for key in ("linear_probe_top1", "random_init_probe_top1", "pretrain_seconds", "probe_seconds", "session_seconds"):
         assert isinstance(results[key], float), key
     assert 0.0 <= results["linear_probe_top1"] <= 1.0 and results["steps"] == 3
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]
-    assert all(set(line) == {"step", "epoch", "loss", "lr", "samples_per_s"} for line in lines)
+    assert all(set(line) == {"step", "epoch", "loss", "lr", "images_per_s", "data_wait_fraction"} for line in lines)
     saved = tomllib.loads((out / "config.toml").read_text())
     assert saved["train"]["max_steps"] == 3 and saved["run"]["out_dir"] == str(out)
     assert "resolved config:" in result.stderr and "git " in result.stderr  # logged at start

@@ -124,11 +124,16 @@ def test_engine_supplied_and_required_loss_arguments():
 
 
 def test_missing_paths_are_config_errors(tmp_path):
-    assert error_of({"data": {"dataset": "imagefolder"}}) == (
+    no_probe = {"linear_probe": False}  # (the probe is digits-only: an error of its own on other data)
+    assert error_of({"data": {"dataset": "imagefolder"}, "eval": no_probe}) == (
         "data.imagefolder.root: is required when data.dataset = 'imagefolder'")
     missing = tmp_path / "nope"
-    assert error_of({"data": {"dataset": "imagefolder", "imagefolder": {"root": str(missing)}}}) == (
+    assert error_of({"data": {"dataset": "imagefolder", "imagefolder": {"root": str(missing)}}, "eval": no_probe}) == (
         f"data.imagefolder.root: no such directory: {missing}")
+    assert error_of({"data": {"dataset": "cifar10"}, "eval": no_probe}) == (
+        "data.torchvision.root: is required when data.dataset = 'cifar10': the directory holding cifar-10-batches-py")
+    assert error_of({"data": {"dataset": "stl10", "torchvision": {"root": str(missing)}}, "eval": no_probe}) == (
+        f"data.torchvision.root: no such directory: {missing}")
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "absent.toml")
 

@@ -1,18 +1,23 @@
-"""The training run: output files, determinism across thread counts, kill-and-resume."""
+"""The training run in one process: output files, determinism, checkpoints, resume rules, the lock,
+precision options."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from fmicl_engine.config import ConfigError, config_from_dict, load_config
 from fmicl_engine.train import loop
+from fmicl_engine.train.checkpoint import CheckpointStore, RunLock, load_checkpoint
 
 TINY = {
     "model": {"cnn_width": 4, "projector_hidden_dim": 16, "projector_out_dim": 8},
     "train": {"batch_size": 256, "log_every": 1},
     "loss": {"backend": "reference"},
+    "eval": {"linear_probe": False},
 }
+TIMING = {"images_per_s", "data_wait_fraction"}  # wall-clock figures: differ between runs
 
 
 def tiny_config(tmp_path, name, **sections):
@@ -26,11 +31,31 @@ def tiny_config(tmp_path, name, **sections):
 def metrics(cfg):
     with open(cfg.run.out_dir + "/metrics.jsonl") as f:
         lines = f.read().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "samples_per_s"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
 
 
-def quiet_run(cfg):
-    return loop.run(cfg, log=lambda s: None, progress=False)
+def quiet_run(cfg, log=lambda s: None):
+    return loop.run(cfg, log=log, progress=False)
+
+
+def store(cfg):
+    return CheckpointStore(cfg.run.out_dir + "/checkpoints", keep=cfg.train.keep_checkpoints)
+
+
+def final_model(cfg):
+    s = store(cfg)
+    return load_checkpoint(s.path(s.steps()[-1]))["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def snapshot(directory):
+    return {p.relative_to(directory): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_first_steps_are_identical_with_one_and_two_threads(tmp_path):
@@ -41,8 +66,7 @@ def test_first_steps_are_identical_with_one_and_two_threads(tmp_path):
             torch.set_num_threads(n)
             # batch 64: the loss's sums over the (128 x 128) pair matrix stay below torch's 32k-element
             # grain, above which a CPU sum's partial sums (so its last bits) depend on thread count.
-            cfg = tiny_config(tmp_path, f"threads{n}", train={"max_steps": 2, "checkpoint": False, "batch_size": 64},
-                              eval={"linear_probe": False})
+            cfg = tiny_config(tmp_path, f"threads{n}", train={"max_steps": 2, "checkpoint": False, "batch_size": 64})
             quiet_run(cfg)
             runs.append(metrics(cfg))
     finally:
@@ -54,51 +78,99 @@ def test_first_steps_are_identical_with_one_and_two_threads(tmp_path):
     assert one[1]["loss"] == pytest.approx(two[1]["loss"], rel=1e-5, abs=1e-6)
 
 
-def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch):
-    settings = dict(train={"epochs": 2, "checkpoint": True},
-                    eval={"labels_per_class": 3, "label_subsets": 1, "probe_max_iter": 200})
+def test_checkpoints_are_kept_pruned_and_complete(tmp_path):
+    cfg = tiny_config(tmp_path, "run", train={"max_steps": 7, "checkpoint_every_steps": 2, "keep_checkpoints": 2})
+    quiet_run(cfg)
+    s = store(cfg)
+    assert s.steps() == [6, 7]  # every 2 steps and at the end; the newest 2 kept
+    assert all(s.problem(step) is None for step in s.steps())
+    state = load_checkpoint(s.path(7))
+    assert {"model", "step", "optimizer", "scaler", "data", "rng", "config", "loss", "progress"} <= state.keys()
+    assert state["step"] == 7 and state["batches_done"] == 2  # 5 batches per epoch: epoch 1, 2 batches in
+    assert state["data"] == [{"epoch": 1, "position": 512}]
+    assert "[train]" in state["config"] and "max_steps = 7" in state["config"]
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    settings = dict(train={"max_steps": 4, "checkpoint_every_steps": 2, "keep_checkpoints": 3})
     whole = tiny_config(tmp_path, "whole", **settings)
-    expected = quiet_run(whole)
-    expected_state = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    quiet_run(whole)
 
     cut = tiny_config(tmp_path, "cut", **settings)
-    save = loop.save_checkpoint
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(path, state):
-        save(path, state)
-        if state["step"] == 5:  # 5 steps per epoch: killed right after epoch 1's checkpoint
-            raise Killed
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        quiet_run(cut)
-    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:  # a line written after the checkpoint
-        f.write(json.dumps({"step": 6, "epoch": 1, "loss": 0.0, "lr": 0.0, "samples_per_s": 1.0}) + "\n")
-    monkeypatch.setattr(loop, "save_checkpoint", save)
-    resumed = quiet_run(cut)
-
-    assert metrics(cut) == metrics(whole) and len(metrics(whole)) == 10
-    for key in ("linear_probe_top1", "random_init_probe_top1", "linear_probe_top1_all_labels", "final_loss", "steps"):
-        assert resumed[key] == expected[key], key
-    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["model"]
-    assert state.keys() == expected_state.keys()
-    assert all(torch.equal(state[k], expected_state[k]) for k in state)
+    quiet_run(cut)
+    newest = store(cut).path(4)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one damaged byte in the middle
+    newest.write_bytes(bytes(data))
+    logged = []
+    resumed = quiet_run(cut, log=logged.append)
+    assert any("skipping checkpoint" in line and "step_00000004.pt" in line and "SHA-256" in line for line in logged)
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 4
+    assert_same_weights(final_model(cut), final_model(whole))
 
 
-def test_max_steps_checkpoint_position_and_a_different_config_is_refused(tmp_path):
-    first = tiny_config(tmp_path, "same", train={"max_steps": 1, "checkpoint": True}, eval={"linear_probe": False})
-    quiet_run(first)
-    saved = torch.load(tmp_path / "same" / "checkpoint.pt", weights_only=True)
-    assert saved["step"] == 1 and saved["data"] == {"epoch": 0, "position": 256}  # stopped mid-epoch: 1 batch used
-    other = tiny_config(tmp_path, "same", train={"max_steps": 2, "checkpoint": True}, eval={"linear_probe": False})
-    with pytest.raises(ConfigError, match="^run.out_dir: .*checkpoint.pt belongs to a different config"):
-        quiet_run(other)
+def test_a_trajectory_changing_key_is_refused_and_changes_nothing(tmp_path):
+    cfg = tiny_config(tmp_path, "run", train={"max_steps": 2})
+    quiet_run(cfg)
+    before = snapshot(tmp_path / "run")
+    changed = tiny_config(tmp_path, "run", train={"max_steps": 2}, loss={"sigma": 0.3}, optim={"lr": 0.01})
+    with pytest.raises(ConfigError, match=r"^run.out_dir: cannot resume .*loss.sigma: 0.5 -> 0.3.*optim.lr"):
+        quiet_run(changed)
+    assert snapshot(tmp_path / "run") == before
 
 
-def test_every_objective_config_in_the_repo_validates():
+def test_resumable_keys_may_change_and_a_finished_run_keeps_its_figures(tmp_path):
+    first = quiet_run(tiny_config(tmp_path, "run", train={"epochs": 1}))
+    again = quiet_run(tiny_config(tmp_path, "run", train={"epochs": 1, "log_every": 3}))  # nothing left to train
+    assert again["steps"] == first["steps"] == 5 and again["final_loss"] == first["final_loss"]
+    assert again["pretrain_seconds"] == pytest.approx(first["pretrain_seconds"], abs=0.5)
+    longer = quiet_run(tiny_config(tmp_path, "run", train={"epochs": 2, "checkpoint_every_steps": 3}))
+    assert longer["steps"] == 10 and longer["resumed_from_step"] == 5
+
+
+def test_a_run_directory_held_by_a_live_run_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path, "run", train={"max_steps": 1})
+    (tmp_path / "run").mkdir()
+    holder = RunLock(tmp_path / "run")
+    assert holder.acquire() is None
+    holder.record_holder()
+    try:
+        with pytest.raises(ConfigError, match=r"^run.out_dir: .* is in use by another run \(.*\"pid\""):
+            quiet_run(cfg)
+    finally:
+        holder.release()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    quiet_run(cfg)  # released: the directory is free again
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_channels_last_and_clipping_train(tmp_path, precision):
+    cfg = tiny_config(tmp_path, precision, train={"max_steps": 3, "precision": precision, "channels_last": True,
+                                                  "grad_clip": 1.0, "batch_size": 64})
+    results = quiet_run(cfg)
+    assert results["steps"] == 3 and math.isfinite(results["final_loss"])
+    state = load_checkpoint(store(cfg).path(3))
+    assert state["scaler"] != {} if precision == "fp16" else state["scaler"] == {}
+    assert all(v.dtype != torch.bfloat16 and v.dtype != torch.float16 for v in state["model"].values())
+
+
+def test_the_loss_sees_float32_under_autocast():
+    from fmicl_engine.models import build_model
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, z1, z2):
+            seen.append((z1.dtype, z2.dtype))
+            return (z1 - z2).square().sum()
+
+    model = build_model("digits_cnn", in_channels=1, cnn_width=4, projector_hidden_dim=8, projector_out_dim=4)
+    objective = loop.PretrainingObjective(model, Recorder(), "bf16", torch.device("cpu"))
+    objective(torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)).backward()
+    assert seen == [(torch.float32, torch.float32)]
+
+
+def test_every_digits_config_in_the_repo_validates():
     from pathlib import Path
 
     configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("digits_*.toml"))

@@ -1,18 +1,40 @@
 """``fmicl-engine``: validate a config, or run it (pretrain, then linear-probe evaluation).
 
 Parses arguments, builds the config and calls the library; no training logic lives here.
-A config error exits with status 2 and one line on stderr: ``config error: <key path>: <problem>``;
-a loss that overflows during training (e.g. too small a sigma) exits with status 1 and one line.
+``torchrun --nproc_per_node=G $(which fmicl-engine) run CONFIG`` runs it on G processes.
+
+Exit status and stderr (rank 0 alone prints what every rank found; a rank's own failure is
+printed by that rank, prefixed with its number, so the job's log names it):
+- 0: done, or stopped by SIGTERM/SIGUSR1 after writing a checkpoint (requeue to resume);
+- 1: a training error, e.g. a loss that overflows: one line ``training error: ...``;
+- 2: config errors, one line each: ``config error: <key path>: <problem>``;
+- 130: stopped by Ctrl-C (SIGINT), after writing a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 EXIT_TRAINING_ERROR = 1
 EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _report(message: str, *, every_rank: bool = False) -> None:
+    """One line on stderr: from rank 0 (all ranks found it), or from this rank, naming it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not every_rank and _rank() != 0:
+            return
+        if every_rank:
+            message = f"rank {_rank()}: {message}"
+    print(message, file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,13 +73,23 @@ def main(argv: list[str] | None = None) -> int:
 
         results = run(cfg, progress=not args.no_progress)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():
+            _report(f"config error: {line}")
         return EXIT_CONFIG_ERROR
     except NonFiniteLossError as err:
-        print(f"\ntraining error: {err}", file=sys.stderr)  # (after the progress bar's line)
+        _report(f"\ntraining error: {err}", every_rank=True)  # (after the progress bar's line)
         return EXIT_TRAINING_ERROR
-    print(json.dumps(results))
-    return 0
+    except KeyboardInterrupt:  # a second Ctrl-C, while the first one's checkpoint was being written
+        _report("interrupted", every_rank=True)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one line naming the rank; torchrun stops the others
+            _report(f"failed: {type(err).__name__}: {err}", every_rank=True)
+            return EXIT_TRAINING_ERROR
+        raise
+    if _rank() == 0:
+        print(json.dumps(results))
+    return EXIT_INTERRUPTED if results.get("stopped_by") == "SIGINT" else 0
 
 
 if __name__ == "__main__":

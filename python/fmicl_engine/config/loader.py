@@ -1,7 +1,8 @@
-"""TOML file + ``--set`` overrides -> a validated, frozen ``Config``; and back to TOML.
+"""TOML file (+ the files it extends) + ``--set`` overrides -> a validated, frozen ``Config``; and back to TOML.
 
-Everything that can be checked before work starts is checked here, and every failure is a
-``ConfigError`` whose message begins with the key path, e.g. ``loss.sigma: must be > 0, got -1``.
+Everything that can be checked before work starts is checked here. Each problem is a
+``ConfigError`` whose message begins with the key path, e.g. ``loss.sigma: must be > 0, got -1``;
+validation collects every problem of a config and raises them together as one ``ConfigErrors``.
 """
 
 from __future__ import annotations
@@ -23,15 +24,28 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from fmicl_engine.config import toml_writer
-from fmicl_engine.config.schema import Config, LossConfig
+from fmicl_engine.config.schema import Config, EvalConfig, LossConfig
 
 # Keyword arguments of an objective that the engine supplies itself, so a config must not set them.
 ENGINE_SUPPLIED_LOSS_ARGUMENTS = {
     "dim": "set by the engine from model.projector_out_dim",
-    "gather_distributed": "reserved for the engine's distributed launcher (negatives from every rank)",
+    "gather_distributed": "set by the engine: true under torchrun with more than one process (negatives from every rank)",
 }
 
 DIGITS_NUM_IMAGES = 1797  # len(sklearn.datasets.load_digits().target); checked in tests
+
+# The folder torchvision's dataset class reads under its root (it is never downloaded here).
+TORCHVISION_DATASET_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
+STL10_ONLY_SPLITS = ("unlabeled", "train+unlabeled")
+
+# Keys that may differ between a checkpointed run and its resume: they change how long the run
+# goes, where and how often it writes, and how it is evaluated, not the training trajectory.
+RESUMABLE_KEYS = frozenset({
+    "train.epochs", "train.max_steps", "train.log_every", "train.checkpoint", "train.checkpoint_every_steps",
+    "train.keep_checkpoints", "run.out_dir", "run.threads", "run.dist_timeout_s",
+    "data.imagefolder.num_threads", "data.torchvision.num_workers",
+    *(f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)),
+})
 
 
 class ConfigError(ValueError):
@@ -41,27 +55,130 @@ class ConfigError(ValueError):
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)
 
+    @property
+    def errors(self) -> list[ConfigError]:
+        """The problems this exception reports, one per key: here just itself (see ConfigErrors)."""
+        return [self]
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one config, reported together: ``errors`` lists them (each a
+    ConfigError), ``key`` is the first one's, and the text is one "key: message" line per problem."""
+
+    def __init__(self, errors: typing.Sequence[ConfigError]):
+        self._errors = [single for error in errors for single in error.errors]
+        if not self._errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        super().__init__("", "\n".join(str(error) for error in self._errors))
+        self.key = self._errors[0].key
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        return list(self._errors)
+
+
+class _Problems:
+    """The errors found so far in one config, and which keys they make unusable for later checks."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def add(self, error: ConfigError) -> None:
+        self.errors.append(error)
+
+    def report(self, key: str, message: str) -> None:
+        self.add(ConfigError(key, message))
+
+    def usable(self, *keys: str) -> bool:
+        """False when one of ``keys`` (or a section holding it) has an error: its value was replaced
+        by the default, and a check reading it would report a problem the config does not have."""
+        return not any(key == error.key or key.startswith(error.key + ".") for key in keys for error in self.errors)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ConfigErrors(self.errors)
+
 
 # ----------------------------------------------------------------------------- reading
 
 
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a TOML config, apply ``section.key=value`` overrides, validate, resolve defaults."""
+    """Read a TOML config and the files it extends, apply ``section.key=value`` overrides,
+    validate (every problem at once, see ConfigErrors), resolve defaults."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), "no such config file") from None
-    except OSError as err:
-        raise ConfigError(str(path), f"cannot read: {err.strerror}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), f"invalid TOML: {err}") from None
+    raw = read_config_file(path)
     for override in overrides:
         keys, value = parse_override(override)
         _set_path(raw, keys, value)
     return config_from_dict(raw, stem=path.stem)
+
+
+def config_from_text(text: str, *, stem: str = "config") -> Config:
+    """A resolved config's TOML (a run's config.toml) -> Config, checking keys, types, ranges and the
+    objective but not the machine (paths, CUDA, world size): a checkpointed run's data may have moved."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("config", f"invalid TOML: {err}") from None
+    problems = _Problems()
+    cfg = _build_config(raw, stem, problems)
+    problems.raise_if_any()
+    return cfg
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A config file's table with the chain of files it ``extends`` merged under it (see _merge_extending)."""
+    return _read_extending(Path(path), chain=())
+
+
+def _read_extending(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    resolved_chain = [p.resolve() for p in chain]
+    if path.resolve() in resolved_chain:
+        files = (*chain[resolved_chain.index(path.resolve()):], path)
+        raise ConfigError("extends", "cycle: " + " -> ".join(str(p) for p in files))
+    raw = _read_toml(path, extended_by=chain[-1] if chain else None)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError("extends", f"must be the path of a config file (relative to {path}), got {_describe(base)}")
+    base_path = Path(os.path.normpath(path.parent / base))  # an absolute path stays as it is
+    return _merge_extending(_read_extending(base_path, chain + (path,)), raw)
+
+
+def _read_toml(path: Path, extended_by: Path | None) -> dict[str, Any]:
+    by = f" (extended by {extended_by})" if extended_by else ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no such config file" + by) from None
+    except OSError as err:
+        raise ConfigError(str(path), f"cannot read: {err.strerror}{by}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(path), f"invalid TOML: {err}") from None
+
+
+def _merge_extending(base: dict[str, Any], extending: dict[str, Any]) -> dict[str, Any]:
+    """``extending`` over ``base``: tables merge key by key, the extending file's values win. The
+    [loss] table is the exception when the two name different objectives: one objective's keywords
+    mean nothing to another, so then the extending file's [loss] replaces the base's."""
+    base_loss, extending_loss = base.get("loss"), extending.get("loss")
+    if isinstance(base_loss, dict) and isinstance(extending_loss, dict) and "name" in extending_loss:
+        if extending_loss["name"] != base_loss.get("name", LossConfig.name):
+            base = {key: value for key, value in base.items() if key != "loss"}
+    return _deep_merge(base, extending)
+
+
+def _deep_merge(base: dict[str, Any], extending: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extending.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -92,25 +209,34 @@ def _set_path(raw: dict, keys: tuple[str, ...], value: Any) -> None:
 
 
 def config_from_dict(raw: dict[str, Any], *, stem: str = "config") -> Config:
-    """Validate a nested dict (as read from TOML) into a Config; ``stem`` names the default out_dir."""
-    loss_raw = raw.get("loss", {})
-    rest = {k: v for k, v in raw.items() if k != "loss"}
-    if not isinstance(loss_raw, dict):
-        raise ConfigError("loss", f"must be a section (table), got {_describe(loss_raw)}")
-    cfg = _build_section(Config, rest, prefix="", skip={"loss"})
-    if not cfg.run.out_dir:
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=f"runs/{stem}"))
-    cfg = dataclasses.replace(cfg, loss=_build_loss(loss_raw, cfg))
-    _check_cross_section(cfg)
+    """Validate a nested dict (as read from TOML) into a Config; ``stem`` names the default out_dir.
+    Every problem is collected; if there is any, they are raised together as ConfigErrors."""
+    problems = _Problems()
+    cfg = _build_config(raw, stem, problems)
+    _check_cross_section(cfg, problems)
+    problems.raise_if_any()
     return cfg
 
 
-def _build_section(cls, raw: dict[str, Any], prefix: str, skip: set[str] = frozenset()):
+def _build_config(raw: dict[str, Any], stem: str, problems: _Problems) -> Config:
+    """Keys, types, ranges and the objective's arguments; where a value is wrong its default stands in,
+    so that the other sections can still be checked."""
+    loss_raw = raw.get("loss", {})
+    cfg = _build_section(Config, raw, prefix="", problems=problems, skip={"loss"})
+    if not cfg.run.out_dir:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=f"runs/{stem}"))
+    if not isinstance(loss_raw, dict):
+        problems.report("loss", f"must be a section (table), got {_describe(loss_raw)}")
+        return cfg
+    return dataclasses.replace(cfg, loss=_build_loss(loss_raw, cfg, problems))
+
+
+def _build_section(cls, raw: dict[str, Any], prefix: str, problems: _Problems, skip: set[str] = frozenset()):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise ConfigError(prefix + key, "unknown key" + _did_you_mean(key, fields, prefix))
+            problems.report(prefix + key, "unknown key" + _did_you_mean(key, fields, prefix))
     values = {}
     for name, f in fields.items():
         if name in skip:
@@ -120,10 +246,14 @@ def _build_section(cls, raw: dict[str, Any], prefix: str, skip: set[str] = froze
         if dataclasses.is_dataclass(expected):
             sub = raw.get(name, {})
             if not isinstance(sub, dict):
-                raise ConfigError(path, f"must be a section (table), got {_describe(sub)}")
-            values[name] = _build_section(expected, sub, prefix=path + ".")
+                problems.report(path, f"must be a section (table), got {_describe(sub)}")
+                sub = {}
+            values[name] = _build_section(expected, sub, prefix=path + ".", problems=problems)
         elif name in raw:
-            values[name] = _check_value(path, raw[name], expected, f.metadata)
+            try:
+                values[name] = _check_value(path, raw[name], expected, f.metadata)
+            except ConfigError as err:
+                problems.add(err)
     return cls(**values)
 
 
@@ -224,46 +354,71 @@ def loss_parameters(name: str) -> dict[str, tuple[Any, Any]]:
     return params
 
 
-def _build_loss(raw: dict[str, Any], cfg: Config) -> LossConfig:
+def _build_loss(raw: dict[str, Any], cfg: Config, problems: _Problems) -> LossConfig:
+    """The [loss] table as a LossConfig; on any problem, the default LossConfig (the errors are reported)."""
     from fmicl_engine.loss import LOSS_REGISTRY, LossArgumentError, build_loss
 
     raw = dict(raw)
-    name = _check_type("loss.name", raw.pop("name", LossConfig.name), str)
-    if name not in LOSS_REGISTRY:
+    try:
+        name = _check_type("loss.name", raw.pop("name", LossConfig.name), str)
+    except ConfigError as err:
+        problems.add(err)
+        return LossConfig()
+    if name not in LOSS_REGISTRY:  # without an objective its arguments cannot be checked
         options = ", ".join(sorted(LOSS_REGISTRY))
-        raise ConfigError("loss.name", f"unknown objective {name!r}" + _did_you_mean(name, LOSS_REGISTRY, "")
-                          + f"; one of: {options}")
+        problems.report("loss.name", f"unknown objective {name!r}" + _did_you_mean(name, LOSS_REGISTRY, "")
+                        + f"; one of: {options}")
+        return LossConfig()
+    first_error = len(problems.errors)
     params = loss_parameters(name)
     for key in raw:
         if key in ENGINE_SUPPLIED_LOSS_ARGUMENTS:
-            raise ConfigError(f"loss.{key}", ENGINE_SUPPLIED_LOSS_ARGUMENTS[key] + "; remove it")
-        if key not in params:
-            raise ConfigError(f"loss.{key}", f"unknown key for objective {name!r}"
-                              + _did_you_mean(key, params, "loss.") + f"; it accepts: {', '.join(params)}")
+            problems.report(f"loss.{key}", ENGINE_SUPPLIED_LOSS_ARGUMENTS[key] + "; remove it")
+        elif key not in params:
+            problems.report(f"loss.{key}", f"unknown key for objective {name!r}"
+                            + _did_you_mean(key, params, "loss.") + f"; it accepts: {', '.join(params)}")
     options: dict[str, Any] = {}
     for key, (annotation, default) in params.items():
         if key in raw:
-            options[key] = _check_type(f"loss.{key}", raw[key], annotation)
+            try:
+                options[key] = _check_type(f"loss.{key}", raw[key], annotation)
+            except ConfigError as err:
+                problems.add(err)
         elif default is inspect.Parameter.empty:
-            raise ConfigError(f"loss.{key}", f"required by objective {name!r}")
+            problems.report(f"loss.{key}", f"required by objective {name!r}")
         elif default is not None:  # None (e.g. "use the objective's own width") has no TOML form
             options[key] = default
+    if len(problems.errors) > first_error:  # constructing it would only repeat these
+        return LossConfig()
     try:
         build_loss(name, **options, **engine_loss_arguments(name, cfg))
     except LossArgumentError as err:
-        raise ConfigError(f"loss.{err.argument}", str(err)) from None
+        problems.report(f"loss.{err.argument}", str(err))
     except (TypeError, ValueError) as err:
-        raise ConfigError("loss", f"objective {name!r} rejected its arguments: {err}") from None
+        problems.report("loss", f"objective {name!r} rejected its arguments: {err}")
     return LossConfig(name=name, options=tuple(options.items()))  # in the objective's signature order
 
 
-def engine_loss_arguments(name: str, cfg: Config) -> dict[str, Any]:
-    """The keyword arguments the engine supplies to objective ``name`` (see ENGINE_SUPPLIED_LOSS_ARGUMENTS)."""
-    from fmicl_engine.loss import LOSS_REGISTRY
+def engine_loss_arguments(name: str, cfg: Config, world_size: int = 1) -> dict[str, Any]:
+    """The keyword arguments the engine supplies to objective ``name`` (see ENGINE_SUPPLIED_LOSS_ARGUMENTS):
+    ``dim`` where it takes one, and ``gather_distributed=True`` on more than one process where it can."""
+    from fmicl_engine.loss import loss_keywords
 
-    cls = LOSS_REGISTRY[name]
-    accepted = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
-    return {"dim": cfg.model.projector_out_dim} if "dim" in accepted else {}
+    accepted = loss_keywords(name)
+    arguments: dict[str, Any] = {}
+    if "dim" in accepted:
+        arguments["dim"] = cfg.model.projector_out_dim
+    if world_size > 1 and "gather_distributed" in accepted:
+        arguments["gather_distributed"] = True
+    return arguments
+
+
+def local_negatives_only(name: str) -> bool:
+    """True when objective ``name`` cannot gather embeddings across ranks: under torchrun each rank
+    then contrasts (or estimates its statistics) within its own share of the batch only."""
+    from fmicl_engine.loss import loss_keywords
+
+    return "gather_distributed" not in loss_keywords(name)
 
 
 # ----------------------------------------------------------------------------- cross-section checks
@@ -275,37 +430,122 @@ def digits_split_sizes(test_fraction: float) -> tuple[int, int]:
     return DIGITS_NUM_IMAGES - n_test, n_test
 
 
-def _check_cross_section(cfg: Config) -> None:
+def _check_cross_section(cfg: Config, problems: _Problems) -> None:
+    """Checks that need several keys, the filesystem, CUDA or the launcher; each runs only when the keys
+    it reads are valid."""
+    dataset = cfg.data.dataset
+    if problems.usable("data.dataset"):
+        if dataset == "imagefolder":
+            _check_imagefolder(cfg, problems)
+        elif dataset in TORCHVISION_DATASET_FOLDERS:
+            _check_torchvision_set(cfg, problems)
+        elif dataset == "digits":
+            _check_digits(cfg, problems)
+        if dataset != "digits" and cfg.eval.linear_probe and problems.usable("eval.linear_probe"):
+            # the in-memory probe needs the labelled, un-augmented images, which only the digits provide
+            problems.report("eval.linear_probe", f"is implemented for data.dataset = 'digits' only, not {dataset!r}; "
+                            "set it to false")
+    if cfg.run.device == "cuda" and problems.usable("run.device") and not _cuda_available():
+        problems.report("run.device", "is 'cuda' but torch.cuda.is_available() is False")
+    _check_world_size(cfg, problems)
+
+
+def _check_imagefolder(cfg: Config, problems: _Problems) -> None:
+    folder = cfg.data.imagefolder
+    if problems.usable("data.imagefolder.root"):
+        if not folder.root:
+            problems.report("data.imagefolder.root", "is required when data.dataset = 'imagefolder'")
+        elif not Path(folder.root).is_dir():
+            problems.report("data.imagefolder.root", f"no such directory: {folder.root}")
+    if folder.device == "gpu" and problems.usable("data.imagefolder.device") and not _cuda_available():
+        problems.report("data.imagefolder.device", "is 'gpu' but torch.cuda.is_available() is False")
+
+
+def _check_torchvision_set(cfg: Config, problems: _Problems) -> None:
+    dataset, settings = cfg.data.dataset, cfg.data.torchvision
+    if problems.usable("data.torchvision.root"):
+        folder = TORCHVISION_DATASET_FOLDERS[dataset]
+        if not settings.root:
+            problems.report("data.torchvision.root", f"is required when data.dataset = {dataset!r}: the directory "
+                            f"holding {folder}")
+        elif not Path(settings.root).is_dir():
+            problems.report("data.torchvision.root", f"no such directory: {settings.root}")
+        elif not (Path(settings.root) / folder).is_dir():
+            problems.report("data.torchvision.root", f"{settings.root} has no {folder} folder, which torchvision "
+                            f"reads for data.dataset = {dataset!r} (it is never downloaded)")
+    if dataset != "stl10" and settings.split in STL10_ONLY_SPLITS and problems.usable("data.torchvision.split"):
+        problems.report("data.torchvision.split", f"{settings.split!r} is an STL-10 split; {dataset} has 'train'")
+
+
+def _check_digits(cfg: Config, problems: _Problems) -> None:
+    if not problems.usable("data.digits.test_fraction"):
+        return
+    n_train, n_test = digits_split_sizes(cfg.data.digits.test_fraction)
+    if n_test < 10 or n_train < 10:
+        problems.report("data.digits.test_fraction", f"leaves {n_train} train / {n_test} test images; "
+                        "each split needs at least one image per class")
+        return
+    if cfg.eval.labels_per_class > 0 and problems.usable("eval.labels_per_class", "run.seed"):
+        from fmicl_engine.data.digits import load_digits_split
+
+        train, _ = load_digits_split(cfg.data.digits.test_fraction, cfg.run.seed)
+        fewest = int(train.labels.bincount().min())
+        if cfg.eval.labels_per_class > fewest:
+            problems.report("eval.labels_per_class", f"must be <= {fewest} (the rarest digit's training "
+                            f"images), got {cfg.eval.labels_per_class}")
+    if cfg.train.batch_size > n_train and problems.usable("train.batch_size"):
+        problems.report("train.batch_size", f"must be <= {n_train} (the digits training split), "
+                        f"got {cfg.train.batch_size}")
+
+
+def _check_world_size(cfg: Config, problems: _Problems) -> None:
+    """Under torchrun (WORLD_SIZE > 1) the global batch is split evenly across the processes."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world_size = int(text)
+    except ValueError:
+        world_size = 0
+    if world_size < 1:
+        problems.report("WORLD_SIZE", f"the environment variable (set by torchrun) must be a positive integer, "
+                        f"got {text!r}")
+        return
+    batch = cfg.train.batch_size
+    if world_size > 1 and batch % world_size and problems.usable("train.batch_size"):
+        problems.report("train.batch_size", f"the global batch {batch} does not split evenly across WORLD_SIZE = "
+                        f"{world_size} processes; use a multiple of {world_size}")
+
+
+def _cuda_available() -> bool:
     import torch
 
-    if cfg.data.dataset == "imagefolder":  # the data first: without it nothing else matters
-        folder = cfg.data.imagefolder
-        if not folder.root:
-            raise ConfigError("data.imagefolder.root", "is required when data.dataset = 'imagefolder'")
-        if not Path(folder.root).is_dir():
-            raise ConfigError("data.imagefolder.root", f"no such directory: {folder.root}")
-        if folder.device == "gpu" and not torch.cuda.is_available():
-            raise ConfigError("data.imagefolder.device", "is 'gpu' but torch.cuda.is_available() is False")
-        if cfg.eval.linear_probe:  # the in-memory probe needs labelled un-augmented images (digits only)
-            raise ConfigError("eval.linear_probe", "is implemented for data.dataset = 'digits' only; set it to false")
-    if cfg.run.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device", "is 'cuda' but torch.cuda.is_available() is False")
-    if cfg.data.dataset == "digits":
-        n_train, n_test = digits_split_sizes(cfg.data.digits.test_fraction)
-        if n_test < 10 or n_train < 10:
-            raise ConfigError("data.digits.test_fraction", f"leaves {n_train} train / {n_test} test images; "
-                              "each split needs at least one image per class")
-        if cfg.eval.labels_per_class > 0:
-            from fmicl_engine.data.digits import load_digits_split
+    return torch.cuda.is_available()
 
-            train, _ = load_digits_split(cfg.data.digits.test_fraction, cfg.run.seed)
-            fewest = int(train.labels.bincount().min())
-            if cfg.eval.labels_per_class > fewest:
-                raise ConfigError("eval.labels_per_class", f"must be <= {fewest} (the rarest digit's training "
-                                  f"images), got {cfg.eval.labels_per_class}")
-        if cfg.train.batch_size > n_train:
-            raise ConfigError("train.batch_size", f"must be <= {n_train} (the digits training split), "
-                              f"got {cfg.train.batch_size}")
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def resume_differences(saved: Config, current: Config) -> list[str]:
+    """The sorted dotted keys (objective keywords as loss.<keyword>, loss.name included) whose values
+    differ between a checkpointed run's config and the one resuming it, RESUMABLE_KEYS left out:
+    a resume is sound only when this is empty."""
+    before, after = _dotted_values(saved), _dotted_values(current)
+    absent = object()  # a keyword only one of two objectives takes
+    return sorted(key for key in before.keys() | after.keys()
+                  if key not in RESUMABLE_KEYS and before.get(key, absent) != after.get(key, absent))
+
+
+def _dotted_values(cfg: Config) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+
+    def walk(table: dict[str, Any], prefix: str) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(value, prefix + key + ".")
+            else:
+                values[prefix + key] = value
+
+    walk(config_to_dict(cfg), "")
+    return values
 
 
 # ----------------------------------------------------------------------------- writing

@@ -33,8 +33,10 @@ class RunConfig:
     seed: int = setting(0, "one seed fixes the initialisation, the data order and every augmentation", ge=0)
     device: str = setting("auto", "auto picks cuda when torch sees a GPU, else cpu", choices=("auto", "cpu", "cuda"))
     out_dir: str = setting("", "empty means runs/<config file stem>; `run --out DIR` overrides it")
-    threads: int = setting(0, "torch CPU threads; 0 keeps torch's default (one per core). Small models gain "
-                           "little from more, and OpenMP threads stall when other processes share the cores", ge=0)
+    threads: int = setting(0, "torch CPU threads per process; 0 keeps torch's default (one per core). Small models "
+                           "gain little from more, and OpenMP threads stall when other processes share the cores", ge=0)
+    dist_timeout_s: int = setting(600, "torchrun runs: a collective that waits longer than this fails (naming the "
+                                  "rank) instead of hanging when another rank has died", ge=10)
 
 
 @dataclass(frozen=True)
@@ -61,22 +63,46 @@ class ImageFolderConfig:
 
 
 @dataclass(frozen=True)
+class TorchvisionSetConfig:
+    """CIFAR-10, CIFAR-100 or STL-10, read by torchvision's dataset class from a local copy (never downloaded)."""
+
+    root: str = setting("", "required for dataset = cifar10 / cifar100 / stl10: the directory torchvision's class "
+                        "reads (holding cifar-10-batches-py, cifar-100-python or stl10_binary)")
+    image_size: int = setting(0, "0: the dataset's own resolution (32 for CIFAR, 96 for STL-10)", ge=0)
+    augment: str = setting("", "empty: the dataset's own two-view recipe (SimCLR's CIFAR recipe without blur for "
+                           "CIFAR, with blur for STL-10)", choices=("", "simclr", "simclr_cifar", "byol"))
+    split: str = setting("", "empty: the dataset's pretraining split (train for CIFAR, train+unlabeled for STL-10)",
+                         choices=("", "train", "unlabeled", "train+unlabeled"))
+    num_workers: int = setting(4, "augmentation worker processes per rank; the data order and views do not depend on it", ge=0)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """What the encoder is pretrained on."""
 
-    dataset: str = setting("digits", "bundled with scikit-learn, so the default config runs offline", choices=("digits", "imagefolder"))
+    dataset: str = setting("digits", "bundled with scikit-learn, so the default config runs offline",
+                           choices=("digits", "imagefolder", "cifar10", "cifar100", "stl10"))
     digits: DigitsConfig = section(DigitsConfig)
     imagefolder: ImageFolderConfig = section(ImageFolderConfig)
+    torchvision: TorchvisionSetConfig = section(TorchvisionSetConfig)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The encoder (whose features are evaluated) and the projector (whose output the loss sees)."""
 
-    arch: str = setting("digits_cnn", "a 3-block CNN: fast on CPU; resnet18/50 are torchvision's, weights=None", choices=("digits_cnn", "resnet18", "resnet50"))
+    arch: str = setting("digits_cnn", "a 3-block CNN: fast on CPU; resnet18/50 are torchvision's (weights=None); "
+                        "the _cifar variants replace the 7x7/2 stem and max-pool with a 3x3/1 conv for 32-96 px data",
+                        choices=("digits_cnn", "resnet18", "resnet50", "resnet18_cifar", "resnet50_cifar"))
     cnn_width: int = setting(32, "digits_cnn channels of the first block, doubled per block (features = 4x this)", ge=1)
-    projector_hidden_dim: int = setting(256, "SimCLR's 2-layer MLP head; its hidden width", ge=1)
+    projector_layers: int = setting(2, "linear layers of the MLP head (SimCLR v1: 2, v2: 3)", ge=1)
+    projector_hidden_dim: int = setting(256, "width of the head's hidden layers", ge=1)
     projector_out_dim: int = setting(64, "the embedding dimension the objective sees", ge=1)
+    projector_batchnorm: bool = setting(False, "BatchNorm1d after each hidden linear layer (SimCLR v2). Off for the "
+                                        "digits: torch's CPU batch_norm on 2-D inputs sums in a thread-count-dependent "
+                                        "order, so runs would differ in the last bits between thread counts")
+    sync_batchnorm: bool = setting(False, "torchrun runs: batch statistics over the global batch rather than each "
+                                   "rank's share (torch's SyncBatchNorm on GPU, the engine's own on CPU)")
 
 
 @dataclass(frozen=True)
@@ -113,10 +139,22 @@ class TrainConfig:
     """The pretraining loop."""
 
     epochs: int = setting(50, "passes over the training split; 50 on the digits is ~500 steps, well into the plateau", ge=1)
-    batch_size: int = setting(128, "images per step (two views each): 254 negatives per anchor, 10 steps per digits epoch", ge=2)
+    batch_size: int = setting(128, "the global batch: images per step over all ranks (two views each), split evenly "
+                              "across torchrun's processes; 254 negatives per anchor, 10 steps per digits epoch", ge=2)
     max_steps: int = setting(0, "0: epochs decide; otherwise stop after this many steps (smoke runs)", ge=0)
     log_every: int = setting(10, "steps between metrics lines; reading the loss is a device sync point", ge=1)
-    checkpoint: bool = setting(True, "save DIR/checkpoint.pt atomically at each epoch end; a rerun resumes from it")
+    precision: str = setting("fp32", "bf16/fp16 run the encoder and projector under autocast (fp16 with a gradient "
+                             "scaler); the loss is always computed in float32", choices=("fp32", "bf16", "fp16"))
+    channels_last: bool = setting(False, "NHWC memory layout for convolutional encoders: faster tensor-core "
+                                  "convolutions on GPU under bf16/fp16")
+    compile: bool = setting(False, "torch.compile the encoder: faster steps after a compile of tens of seconds")
+    grad_clip: float = setting(0.0, "0: no clipping; otherwise the global gradient norm is clipped to this", ge=0.0)
+    checkpoint: bool = setting(True, "save checkpoints atomically under DIR/checkpoints; a rerun into DIR resumes "
+                               "from the newest valid one")
+    checkpoint_every_steps: int = setting(0, "0: at each epoch's end; otherwise every this many steps. Always also at "
+                                          "the end and when SIGTERM/SIGUSR1/SIGINT asks the run to stop", ge=0)
+    keep_checkpoints: int = setting(2, "the newest this many are kept; more than one, so that a checkpoint damaged "
+                                    "after its write still leaves one to resume from", ge=1)
 
 
 @dataclass(frozen=True)

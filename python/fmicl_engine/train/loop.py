@@ -1,68 +1,53 @@
-"""Pretraining, then linear-probe evaluation: ``run(cfg)`` reads top to bottom.
+"""Pretraining on one process or a torchrun job, then linear-probe evaluation: ``run(cfg)``.
 
-Outputs in ``cfg.run.out_dir``: ``config.toml`` (the resolved config), ``metrics.jsonl`` (one JSON
-line every ``train.log_every`` steps), ``checkpoint.pt`` (each epoch end, atomic; a rerun with the
-same config resumes from it) and ``results.json``.
+Outputs in ``DIR = cfg.run.out_dir``, written by rank 0 alone:
+``config.toml`` (the resolved config), ``metrics.jsonl`` and ``tensorboard/`` (every
+``train.log_every`` steps), ``checkpoints/step_*.pt`` (see checkpoint.py), ``results.json``, and
+``run.lock`` (held while the run lives).
+
+Rerunning the same command into the same DIR resumes from the newest valid checkpoint. Only keys
+that do not change the trajectory may differ (``RESUMABLE_KEYS``: the length of the run, logging
+and checkpoint cadence, the output directory, thread counts, evaluation); any other difference
+is refused, naming the keys, before anything in DIR changes. SIGTERM, SIGUSR1 and SIGINT write a
+checkpoint at the next step boundary and return (``results["stopped_by"]``).
+
+The training step reads in one screen (``train_one_epoch``); data sets, models and objectives
+come from their registries. Nothing on the step's path reads a device value on the host except
+on logging steps (and fp16's GradScaler, which must check for infinities).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 
-from fmicl_engine.config import Config, ConfigError, dumps_config, save_config
-from fmicl_engine.config.loader import engine_loss_arguments
+from fmicl_engine.config import Config, ConfigError, config_to_dict, dumps_config, save_config
+from fmicl_engine.config.loader import (config_from_text, engine_loss_arguments, local_negatives_only,
+                                        resume_differences)
+from fmicl_engine.data import TrainingData, build_training_data
 from fmicl_engine.eval.linear_probe import ProbeData, linear_probe
-from fmicl_engine.models import build_model
-from fmicl_engine.train.checkpoint import load_checkpoint, save_checkpoint
+from fmicl_engine.models import build_model, convert_sync_batchnorm
+from fmicl_engine.train.checkpoint import CheckpointStore, RunLock, load_checkpoint
+from fmicl_engine.train.distributed import (DistContext, any_rank, barrier, from_main, gather_objects,
+                                            init_distributed, shutdown)
+from fmicl_engine.train.metrics import MetricsLog, MetricWindow
 from fmicl_engine.train.optim import build_optimizer
+from fmicl_engine.train.prefetch import Prefetcher
 from fmicl_engine.train.schedule import learning_rate
+from fmicl_engine.train.signals import StopRequest
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@dataclass
-class TrainingData:
-    loader: Iterable  # the loader protocol: set_epoch, len, state_dict / load_state_dict, (v1, v2, labels)
-    in_channels: int
-    probe: ProbeData | None  # None: this dataset has no in-memory probe sets
-
-
-def build_data(cfg: Config) -> TrainingData:
-    if cfg.data.dataset == "digits":
-        from fmicl_engine.data.digits import DigitsAugmentation, DigitsTwoViewLoader, load_digits_split, resize
-
-        d = cfg.data.digits
-        train, test = load_digits_split(d.test_fraction, cfg.run.seed)
-        augmentation = DigitsAugmentation(d.image_size, d.crop_scale_min, d.max_rotation_deg, d.noise_std)
-        loader = DigitsTwoViewLoader(train, batch_size=cfg.train.batch_size, seed=cfg.run.seed,
-                                     augmentation=augmentation)
-        probe = ProbeData(resize(train.images, d.image_size), train.labels, resize(test.images, d.image_size),
-                          test.labels)
-        return TrainingData(loader, in_channels=1, probe=probe)
-    from fmicl_engine.data import build_two_view_loader
-
-    f = cfg.data.imagefolder
-    try:
-        loader = build_two_view_loader(root=f.root, recipe=f.augment, image_size=f.image_size,
-                                       batch_size=cfg.train.batch_size, seed=cfg.run.seed, device=f.device,
-                                       num_threads=f.num_threads, on_bad_file=f.on_bad_file)
-    except ValueError as err:  # an empty tree, no readable image: found while indexing, before training
-        raise ConfigError("data.imagefolder.root", str(err)) from None
-    return TrainingData(loader, in_channels=3, probe=None)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+CHECKPOINT_FORMAT = 1
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def git_description() -> str:
@@ -79,152 +64,342 @@ def git_description() -> str:
         return "unknown"
 
 
+class PretrainingObjective(nn.Module):
+    """Both views through the model as one batch (BatchNorm sees all 2B images, as in SimCLR),
+    under autocast when asked; the loss always in float32. DDP wraps this module, so the loss's
+    own parameters (a critic) are synchronised with the model's."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, precision: str, device: torch.device):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+        self.autocast_dtype, self.device_type = AUTOCAST_DTYPES[precision], device.type
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            _, z = self.model(torch.cat([view1, view2]))
+        z1, z2 = z.float().chunk(2)
+        return self.loss_fn(z1, z2)
+
+
+@dataclass
+class Session:
+    """Everything a training step touches, built once by ``run``."""
+
+    cfg: Config
+    ctx: DistContext
+    data: TrainingData
+    model: nn.Module  # the SSLModel itself (its state_dict is what a checkpoint holds)
+    loss_fn: nn.Module
+    objective: nn.Module  # PretrainingObjective, DDP-wrapped in a torchrun job
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    store: CheckpointStore
+    metrics: MetricsLog
+    stop: StopRequest
+    log: Callable[[str], None]
+    config_text: str
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    step: int = 0
+    batches_done: int = 0  # batches of the current epoch already trained on
+    # Whole-run figures as of the session's start (from the checkpoint resumed), and that start.
+    progress: dict[str, Any] = field(default_factory=lambda: {
+        "train_seconds": 0.0, "images_seen": 0, "final_loss": None, "random_init_probe": None})
+    session_start: tuple[float, int] = (0.0, 0)  # (time.perf_counter(), step)
+    bar: Any = None
+
+    def progress_now(self) -> dict[str, Any]:
+        """The whole run's figures so far: this session's training added to the resumed ones."""
+        started, first_step = self.session_start
+        return {**self.progress,
+                "train_seconds": self.progress["train_seconds"] + time.perf_counter() - started,
+                "images_seen": self.progress["images_seen"] + (self.step - first_step) * self.cfg.train.batch_size}
+
+    def lr_at(self, step: int) -> float:
+        o = self.cfg.optim
+        return learning_rate(step, base_lr=o.lr, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
+                             min_lr=o.lr * o.min_lr_ratio)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        return images.to(self.ctx.device, non_blocking=True).contiguous(memory_format=layout)
+
+
+# ---------------------------------------------------------------------------------- the step
+
+
+def train_one_epoch(s: Session, epoch: int, window: MetricWindow, epoch_window: MetricWindow) -> str | None:
+    """Train from the loader's position to the epoch's end. Returns why it stopped before the
+    end (the stop signal's name, or "max_steps"), or None when the epoch is complete."""
+    cfg, global_batch = s.cfg.train, s.cfg.train.batch_size
+    parameters = [p for p in s.objective.parameters() if p.requires_grad]
+    s.data.loader.set_epoch(epoch)  # (a resumed epoch keeps its restored position)
+    batches = Prefetcher(s.data.loader, device=s.ctx.device)
+    try:
+        while s.step < s.total_steps:
+            batch, waited = batches.next()
+            if batch is None:
+                return None
+            view1, view2 = s.to_device(batch[0]), s.to_device(batch[1])
+            lr = s.lr_at(s.step)
+            for group in s.optimizer.param_groups:
+                group["lr"] = lr
+            loss = s.objective(view1, view2)
+            s.optimizer.zero_grad(set_to_none=True)
+            s.scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                s.scaler.unscale_(s.optimizer)
+                torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+            s.step, s.batches_done = s.step + 1, s.batches_done + 1
+            window.add(loss, global_batch // s.ctx.world_size, waited)
+            epoch_window.add(loss, global_batch // s.ctx.world_size, waited)
+            if s.step % cfg.log_every == 0 or s.step == s.total_steps:
+                figures = {**window.read(), "lr": lr}  # the only device sync of a step
+                s.progress["final_loss"] = figures["loss"]
+                s.metrics.write(s.step, epoch, figures)
+                s.bar.set_postfix(loss=f"{figures['loss']:.4f}", img_s=f"{figures['images_per_s']:.0f}", refresh=False)
+            s.bar.update(1)
+            if any_rank(s.ctx, s.stop.requested):
+                return s.stop.signal_name or "a stop signal on another rank"
+            if cfg.checkpoint_every_steps and s.step % cfg.checkpoint_every_steps == 0 and s.step < s.total_steps:
+                save_checkpoint(s, epoch)
+        return "max_steps"
+    finally:
+        batches.close()
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(s: Session, epoch: int) -> None:
+    """Every rank contributes its data position and RNG states; rank 0 writes."""
+    local_batch = s.cfg.train.batch_size // s.ctx.world_size
+    rank_state = {"data": {"epoch": epoch, "position": s.batches_done * local_batch},
+                  "rng": {"torch": torch.get_rng_state(),
+                          "cuda": torch.cuda.get_rng_state(s.ctx.device) if s.ctx.device.type == "cuda" else None}}
+    ranks = gather_objects(s.ctx, rank_state)
+    if s.ctx.is_main:
+        s.store.save(s.step, {
+            "format": CHECKPOINT_FORMAT, "config": s.config_text, "world_size": s.ctx.world_size,
+            "step": s.step, "epoch": epoch, "batches_done": s.batches_done,
+            "model": s.model.state_dict(), "loss": s.loss_fn.state_dict(),
+            "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+            "data": [r["data"] for r in ranks], "rng": [r["rng"] for r in ranks],
+            "progress": s.progress_now(),
+        })
+    barrier(s.ctx)  # no rank runs ahead of a checkpoint that may be the last
+
+
+def restore(s: Session, state: dict[str, Any]) -> int:
+    """Load a checkpoint into the session; returns the epoch to continue."""
+    s.model.load_state_dict(state["model"])
+    s.loss_fn.load_state_dict(state["loss"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scaler.load_state_dict(state["scaler"])
+    s.step, s.progress = state["step"], dict(state["progress"])
+    epoch, s.batches_done = state["epoch"], state["batches_done"]
+    if s.batches_done >= s.steps_per_epoch:  # saved at an epoch's end
+        epoch, s.batches_done = epoch + 1, 0
+    local_batch = s.cfg.train.batch_size // s.ctx.world_size
+    s.data.loader.load_state_dict({"epoch": epoch, "position": s.batches_done * local_batch})
+    if state["world_size"] == s.ctx.world_size:  # the same ranks: each takes back its own RNG streams
+        rng = state["rng"][s.ctx.rank]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and s.ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], s.ctx.device)
+    return epoch
+
+
+def claim_out_dir(cfg: Config, config_text: str, lock: RunLock, log: Callable[[str], None]) -> str | None:
+    """Rank 0: lock DIR, find the checkpoint to resume from and check it may be resumed with this
+    config, then (only then) write config.toml. Returns the checkpoint's path, or None."""
+    out_dir = Path(cfg.run.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    holder = lock.acquire()
+    if holder is not None:
+        raise ConfigError("run.out_dir", f"{out_dir} is in use by another run ({holder}); "
+                          "wait for it to end or choose another --out")
+    store = CheckpointStore(out_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    path = store.newest_valid(log)
+    if path is not None:
+        saved = config_from_text(load_checkpoint(path)["config"])
+        differences = resume_differences(saved, cfg)
+        if differences:
+            lock.release(refused=True)
+            old, new = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
+            changed = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differences)
+            raise ConfigError("run.out_dir", f"cannot resume {path}: keys that change the training differ "
+                              f"from the checkpointed run ({changed}); choose another --out or restore them")
+    lock.record_holder()
+    save_config(cfg, out_dir / "config.toml")
+    return None if path is None else str(path)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
 def run(cfg: Config, *, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
         progress: bool = True) -> dict:
-    """Pretrain the encoder of ``cfg``, probe it before and after, and write the run's files."""
+    """Pretrain the encoder of ``cfg`` (in every process of a torchrun job), probe it before and
+    after, and write the run's files. Returns the run's figures (on every rank)."""
+    ctx = init_distributed(cfg.run.device, cfg.run.dist_timeout_s)
+    lock = RunLock(Path(cfg.run.out_dir))
+    try:
+        return _run(cfg, ctx, lock, log if ctx.is_main else (lambda s: None), progress and ctx.is_main)
+    finally:
+        lock.release()
+        shutdown(ctx)
+
+
+def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None], progress: bool) -> dict:
     started = time.perf_counter()
-    device = resolve_device(cfg.run.device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
 
     # ------------------------------------------------------------------------------ data
-    # First, before anything is logged or written: a dataset found unusable while it is indexed
-    # (an empty tree, say) is a config error like the ones load_config finds.
-    data = build_data(cfg)
-    loader = data.loader
+    # First, before anything is written: a data set found unusable while it is indexed (an empty
+    # tree, say) is a config error like the ones load_config finds.
+    data = build_training_data(cfg, rank=ctx.rank, world_size=ctx.world_size)
 
-    out_dir = Path(cfg.run.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # ------------------------------------------------------------------------------ run directory
     config_text = dumps_config(cfg)
-    log(f"fmicl-engine: git {git_description()}, torch {torch.__version__}, device {device}, "
-        f"{torch.get_num_threads()} threads, out_dir {out_dir}")
+    resume_path = from_main(ctx, lambda: claim_out_dir(cfg, config_text, lock, log))
+    out_dir = Path(cfg.run.out_dir)
+    log(f"fmicl-engine: git {git_description()}, torch {torch.__version__}, {ctx.world_size} process(es) on "
+        f"{ctx.device.type}, {torch.get_num_threads()} threads each, out_dir {out_dir}")
     log("resolved config:\n" + config_text)
-    save_config(cfg, out_dir / "config.toml")
-    torch.manual_seed(cfg.run.seed)  # model and critic initialisation
+    if ctx.distributed and local_negatives_only(cfg.loss.name):
+        log(f"warning: objective {cfg.loss.name!r} cannot gather negatives across ranks; each rank's "
+            "loss uses its own share of the batch, so the run differs from one process on the global batch")
 
-    # ------------------------------------------------------------------------------ model
-    model = build_model(cfg.model.arch, in_channels=data.in_channels, cnn_width=cfg.model.cnn_width,
-                        projector_hidden_dim=cfg.model.projector_hidden_dim,
-                        projector_out_dim=cfg.model.projector_out_dim).to(device)
+    # ------------------------------------------------------------------------------ model, loss, optimiser
+    torch.manual_seed(cfg.run.seed)  # the same initialisation on every rank (DDP also broadcasts it)
+    m = cfg.model
+    model = build_model(m.arch, in_channels=data.in_channels, cnn_width=m.cnn_width,
+                        projector_layers=m.projector_layers, projector_hidden_dim=m.projector_hidden_dim,
+                        projector_out_dim=m.projector_out_dim, projector_batchnorm=m.projector_batchnorm)
+    if m.sync_batchnorm and ctx.distributed:
+        model = convert_sync_batchnorm(model, ctx.device)
+    model = model.to(ctx.device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        model.encoder.compile()  # in place: the state_dict keeps its names
 
-    # ------------------------------------------------------------------------------ loss
     from fmicl_engine.loss import build_loss
 
-    loss_fn = build_loss(cfg.loss.name, **cfg.loss.kwargs(), **engine_loss_arguments(cfg.loss.name, cfg)).to(device)
-
-    # ------------------------------------------------------------------------------ optimiser
+    loss_fn = build_loss(cfg.loss.name, **cfg.loss.kwargs(),
+                         **engine_loss_arguments(cfg.loss.name, cfg, ctx.world_size)).to(ctx.device)
+    objective = PretrainingObjective(model, loss_fn, cfg.train.precision, ctx.device)
+    if ctx.distributed:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            broadcast_buffers=not m.sync_batchnorm)  # synchronised BatchNorm keeps its statistics equal
     optimizer = build_optimizer(cfg.optim, [model, loss_fn])
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.train.precision == "fp16")
 
-    # ------------------------------------------------------------------------------ schedule
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(data.loader)
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
-    warmup_steps = min(round(cfg.optim.warmup_epochs * steps_per_epoch), total_steps)
-
-    def lr_at(step: int) -> float:
-        return learning_rate(step, base_lr=cfg.optim.lr, warmup_steps=warmup_steps, total_steps=total_steps,
-                             min_lr=cfg.optim.lr * cfg.optim.min_lr_ratio)
+    session = Session(cfg=cfg, ctx=ctx, data=data, model=model, loss_fn=loss_fn, objective=objective,
+                      optimizer=optimizer, scaler=scaler,
+                      store=CheckpointStore(out_dir / "checkpoints", keep=cfg.train.keep_checkpoints),
+                      metrics=None, stop=StopRequest(), log=log, config_text=config_text,
+                      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                      warmup_steps=min(round(cfg.optim.warmup_epochs * steps_per_epoch), total_steps))
 
     # ------------------------------------------------------------------------------ resume
-    checkpoint_path = out_dir / "checkpoint.pt"
-    metrics_path = out_dir / "metrics.jsonl"
-    step, start_epoch, resumed_epoch, random_init = 0, 0, None, None
-    if cfg.train.checkpoint and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        if state["config"] != config_text:
-            raise ConfigError("run.out_dir", f"{checkpoint_path} belongs to a different config; "
-                              "delete it or choose another --out")
-        model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["data"])
-        torch.set_rng_state(state["torch_rng"])
-        step, random_init = state["step"], state["random_init_probe"]
-        start_epoch = resumed_epoch = state["data"]["epoch"]
-        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        kept = [line for line in lines if json.loads(line)["step"] <= step]  # drop steps after the checkpoint
-        metrics_path.write_text("".join(line + "\n" for line in kept))
-        log(f"resumed from {checkpoint_path} at step {step} (epoch {start_epoch})")
-    else:
-        metrics_path.write_text("")
+    epoch = 0
+    if resume_path is not None:
+        epoch = restore(session, load_checkpoint(resume_path))
+        log(f"resumed from {resume_path} at step {session.step} (epoch {epoch})")
+    resumed_from = session.step if resume_path is not None else None
+    session.metrics = MetricsLog(out_dir, enabled=ctx.is_main, resume_step=session.step)
 
     # ------------------------------------------------------------------------------ random-init probe
     probe_seconds = 0.0
-    if cfg.eval.linear_probe and random_init is None:
+    if cfg.eval.linear_probe and session.progress["random_init_probe"] is None:
         t = time.perf_counter()
-        random_init = probe(model, data.probe, cfg, device)
+        if ctx.is_main:
+            session.progress["random_init_probe"] = probe(model, data.probe, cfg, ctx.device)
+            log(f"random-init linear probe top-1: {session.progress['random_init_probe']['top1']:.4f}")
+        barrier(ctx)
         probe_seconds += time.perf_counter() - t
-        log(f"random-init linear probe top-1: {random_init['top1']:.4f}")
 
-    # ------------------------------------------------------------------------------ loop
-    model.train()
-    start_step, train_started = step, time.perf_counter()
-    window_start, window_samples, last_loss = time.perf_counter(), 0, None  # None: no step ran here
-    bar = _progress_bar(total_steps, step, progress)
-    with metrics_path.open("a") as metrics:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            if step >= total_steps:
-                break
-            if epoch != resumed_epoch:  # a resumed epoch continues from the restored position
-                loader.set_epoch(epoch)
-            for view1, view2, _ in loader:
-                lr = lr_at(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                view1, view2 = view1.to(device, non_blocking=True), view2.to(device, non_blocking=True)
-                _, z1 = model(view1)
-                _, z2 = model(view2)
-                loss = loss_fn(z1, z2)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                window_samples += view1.shape[0]
-                if step % cfg.train.log_every == 0 or step == total_steps:
-                    last_loss = loss.item()  # a device sync point: only every log_every steps
-                    now = time.perf_counter()
-                    samples_per_s = window_samples / max(now - window_start, 1e-9)
-                    window_start, window_samples = now, 0
-                    metrics.write(json.dumps({"step": step, "epoch": epoch, "loss": last_loss, "lr": lr,
-                                              "samples_per_s": round(samples_per_s, 2)}) + "\n")
-                    metrics.flush()
-                    bar.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
-                bar.update(1)
-                if step == total_steps:  # max_steps: stop before fetching a batch that would not be used
-                    break
-            if cfg.train.checkpoint:  # at the epoch's end, or where max_steps stopped it
-                save_checkpoint(checkpoint_path, {
-                    "config": config_text, "step": step, "model": model.state_dict(),
-                    "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                    "data": loader.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "random_init_probe": random_init,
-                })
-    bar.close()
-    train_seconds = time.perf_counter() - train_started
+    # ------------------------------------------------------------------------------ train
+    stopped_by = None  # a signal's name, "max_steps", or None
+    window, epoch_window = MetricWindow(ctx), MetricWindow(ctx)
+    session.session_start = (time.perf_counter(), session.step)
+    with session.stop, _progress_bar(total_steps, session.step, progress) as session.bar:
+        objective.train()
+        while session.step < total_steps and stopped_by is None:
+            first_step = session.step
+            epoch_window.reset()
+            stopped_by = train_one_epoch(session, epoch, window, epoch_window)
+            if session.step > first_step:
+                log_epoch_summary(session, epoch, first_step, epoch_window)
+            # At each epoch's end (unless a step cadence is set), at the run's end, and when stopped.
+            if cfg.train.checkpoint and (stopped_by is not None or session.step == total_steps
+                                         or not cfg.train.checkpoint_every_steps):
+                save_checkpoint(session, epoch)
+            if stopped_by is None:
+                epoch, session.batches_done = epoch + 1, 0
+    session.metrics.close()
+    progress_figures = session.progress_now()
+    stopped_by = None if stopped_by == "max_steps" else stopped_by
+    if stopped_by is not None:
+        log(f"stopped by {stopped_by} at step {session.step}"
+            + (": checkpoint written; rerun the same command to resume" if cfg.train.checkpoint else ""))
 
-    # ------------------------------------------------------------------------------ linear probe
+    # ------------------------------------------------------------------------------ linear probe, results
     results = {"objective": {"name": cfg.loss.name, **cfg.loss.kwargs()}, "arch": cfg.model.arch,
-               "dataset": cfg.data.dataset,
-               "seed": cfg.run.seed, "steps": step, "resumed_from_step": start_step, "epochs": cfg.train.epochs,
-               "final_loss": last_loss}
-    if cfg.eval.linear_probe:
+               "dataset": cfg.data.dataset, "seed": cfg.run.seed, "world_size": ctx.world_size,
+               "steps": session.step, "total_steps": total_steps, "resumed_from_step": resumed_from,
+               "epochs": cfg.train.epochs, "final_loss": progress_figures["final_loss"], "stopped_by": stopped_by}
+    if cfg.eval.linear_probe and stopped_by is None:
         t = time.perf_counter()
-        trained = probe(model, data.probe, cfg, device)
+        if ctx.is_main:
+            trained = probe(model, data.probe, cfg, ctx.device)
+            for key in trained:  # top1, and top1_all_labels for a few-label probe
+                results[f"linear_probe_{key}"] = trained[key]
+                results[f"random_init_probe_{key}"] = progress_figures["random_init_probe"][key]
+        barrier(ctx)
         probe_seconds += time.perf_counter() - t
-        for key in trained:  # top1, and top1_all_labels for a few-label probe
-            results[f"linear_probe_{key}"] = trained[key]
-            results[f"random_init_probe_{key}"] = random_init[key]
+    train_seconds = progress_figures["train_seconds"]
     results.update({
-        "pretrain_seconds": round(train_seconds, 2),
+        "pretrain_seconds": round(train_seconds, 2),  # over every session of the run
         "probe_seconds": round(probe_seconds, 2),
-        "total_seconds": round(time.perf_counter() - started, 2),
-        "samples_per_s": round((step - start_step) * cfg.train.batch_size / max(train_seconds, 1e-9), 1),
-        "device": str(device),
+        "session_seconds": round(time.perf_counter() - started, 2),
+        "images_per_s": round(progress_figures["images_seen"] / train_seconds, 1) if train_seconds else None,
+        "device": ctx.device.type,
         "git": git_description(),
     })
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if ctx.is_main and stopped_by is None:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def log_epoch_summary(s: Session, epoch: int, first_step: int, window: MetricWindow) -> None:
+    figures = window.read()
+    s.log(f"epoch {epoch + 1}/{s.cfg.train.epochs}: steps {first_step + 1}-{s.step} of {s.total_steps}, "
+          f"loss {figures['loss']:.4f}, {figures['images_per_s']:.0f} images/s, "
+          f"data wait {100 * figures['data_wait_fraction']:.0f}%, lr {s.lr_at(s.step - 1):.3g}"
+          + (f", peak GPU memory {figures['peak_gpu_mem_gib']:.2f} GiB" if "peak_gpu_mem_gib" in figures else ""))
 
 
 def probe(model, data: ProbeData, cfg: Config, device: torch.device) -> dict[str, float]:
