@@ -9,7 +9,8 @@ and show that the same comparison rejects five classic bugs, each made by swappi
 distributed.py inside the workers. Real DDP runs of the public losses with
 gather_distributed=True check the parameter gradients against one process; float16 inputs check
 that the uniformity runs in float32 and that an overflowing gradient is refused on every rank. Everything runs on
-gloo (CPU); with two GPUs, again on NCCL with the CUDA kernels.
+gloo (CPU); with two GPUs, again on NCCL with the CUDA kernels. Inside DeferredFiniteChecks(group)
+the distributed path reads nothing on the host and check() raises on every rank.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from host_reads import host_reads
 
 from fmicl_engine import _ext
-from fmicl_engine.loss import NonFiniteLossError, distributed, functional, fused, reference
+from fmicl_engine.loss import DeferredFiniteChecks, NonFiniteLossError, distributed, functional, fused, reference
 from fmicl_engine.loss.validation import check_finite_loss
 
 WORLD = 2
@@ -209,6 +211,33 @@ def overflow_errors(rank, device):
     }
 
 
+def deferred_errors(rank, device):
+    """overflow_errors' cases inside DeferredFiniteChecks(group): what each check() raises, the
+    host reads of the distributed losses' forward and backward, and the all-reduces of f-MICL's
+    (none: its loss has none, and the checks wait for check())."""
+    z1, z2 = (z[rows_of(rank)].to(device).requires_grad_() for z in overflow_batch())
+    found = {"all-reduces": 0}
+
+    def counted_all_reduce(*args, **kwargs):
+        found["all-reduces"] += 1
+        return _all_reduce(*args, **kwargs)
+
+    _all_reduce = dist.all_reduce
+    with DeferredFiniteChecks(group=dist.group.WORLD) as checks:
+        with host_reads() as reads:
+            with swapped(dist, {"all_reduce": counted_all_reduce}):
+                functional.fmicl_loss(z1, z2, **OVERFLOW_HP, gather_distributed=True).backward()
+            for loss_fn in PUBLIC_LOSSES.values():
+                loss_fn(z1.float(), z2.float(), gather_distributed=True).backward()
+        found["public-loss"] = raised(checks.check)
+        check_finite_loss(torch.tensor(float("inf") if rank == 1 else 1.0, device=device), "fmicl",
+                          scale="sigma", group=dist.group.WORLD)
+        found["one-rank-loss"] = raised(checks.check)
+        found["after-reset"] = raised(checks.check)
+    found["reads"] = reads
+    return found
+
+
 def _worker(rank, backend, init_file, out_dir):
     device = torch.device("cpu") if BACKENDS[backend] == "cpu" else torch.device("cuda", rank)
     if device.type == "cuda":
@@ -223,6 +252,7 @@ def _worker(rank, backend, init_file, out_dir):
             results["ddp:" + loss_name] = ddp_step(loss_name, rank, device)
         results["uniformity-float16"] = run_half_uniformity(rank, device)
         results["overflow"] = overflow_errors(rank, device)
+        results["deferred"] = deferred_errors(rank, device)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -336,3 +366,20 @@ def test_needs_a_process_group():
     z = torch.randn(2, 3)
     with pytest.raises(RuntimeError, match="init_process_group"):
         distributed.distributed_pairwise_loss("infonce_fwd_bwd", z, z, (0.5, 0))
+
+
+DEFERRED_NOTE = " (a deferred check: it happened within the steps since the last check)"
+
+
+def test_deferred_checks_read_nothing_and_raise_on_every_rank(rank_results):
+    z1g, z2g = overflow_batch()
+    argument, message = raised(lambda: functional.fmicl_loss(z1g, z2g, **OVERFLOW_HP, backend="fused"))
+    deferred = [r["deferred"] for r in rank_results]
+    for found in deferred:
+        assert found["reads"] == [] and found["all-reduces"] == 0
+        assert found["public-loss"] is not None and found["after-reset"] is None
+    # the rank whose share overflowed raises the immediate error; the others say another rank failed
+    assert (argument, message + DEFERRED_NOTE) in [found["public-loss"] for found in deferred]
+    one_rank = [found["one-rank-loss"] for found in deferred]
+    assert one_rank[1][0] == "sigma" and one_rank[1][1].startswith("fmicl loss is inf")
+    assert one_rank[0][0] is None and "another rank" in one_rank[0][1]

@@ -1,7 +1,7 @@
 """``fmicl-engine``: validate a config, or run it (pretrain, then linear-probe evaluation).
 
 Parses arguments, builds the config and calls the library; no training logic lives here.
-``torchrun --nproc_per_node=G $(which fmicl-engine) run CONFIG`` runs it on G processes.
+``torchrun --nproc_per_node=G -m fmicl_engine run CONFIG`` runs it on G processes.
 
 Exit status and stderr (rank 0 alone prints what every rank found; a rank's own failure is
 printed by that rank, prefixed with its number, so the job's log names it):

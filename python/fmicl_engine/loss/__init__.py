@@ -10,18 +10,22 @@ same keywords, registered by name in ``LOSS_REGISTRY`` for ``build_loss(name, **
 
 Errors: LossArgumentError (a ValueError; ``.argument`` names the input or keyword) for invalid
 arguments, NonFiniteLossError (a FloatingPointError) when the loss overflows to inf/NaN.
+
+The checks of values on the device (finite embeddings, loss and fused gradient) raise at once, a
+host-device sync each; inside ``with DeferredFiniteChecks() as checks:`` they are recorded on the
+device instead, and ``checks.check()`` (one sync) raises the first failure since the last check.
 """
 
 from fmicl_engine.loss.functional import align_uniform_loss, emmi_loss, fmicl_loss, infonce_loss, rpc_loss
 from fmicl_engine.loss.mi_bounds import BilinearCritic, ConcatCritic, MIBoundLoss, SeparableCritic, mi_bound
 from fmicl_engine.loss.modules import AlignUniformLoss, EMMILoss, FMICLLoss, InfoNCELoss, RPCLoss
 from fmicl_engine.loss.registry import LOSS_REGISTRY, REQUIRED, build_loss, loss_keywords
-from fmicl_engine.loss.validation import LossArgumentError, NonFiniteLossError
+from fmicl_engine.loss.validation import DeferredFiniteChecks, LossArgumentError, NonFiniteLossError
 
 __all__ = [
     "fmicl_loss", "infonce_loss", "align_uniform_loss", "rpc_loss", "emmi_loss", "mi_bound",
     "FMICLLoss", "InfoNCELoss", "AlignUniformLoss", "RPCLoss", "EMMILoss", "MIBoundLoss",
     "BilinearCritic", "SeparableCritic", "ConcatCritic",
     "LOSS_REGISTRY", "REQUIRED", "build_loss", "loss_keywords",
-    "LossArgumentError", "NonFiniteLossError",
+    "LossArgumentError", "NonFiniteLossError", "DeferredFiniteChecks",
 ]

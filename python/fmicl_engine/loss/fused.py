@@ -21,9 +21,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from fmicl_engine import _ext  # noqa: F401  (loads _C, which registers torch.ops.fmicl)
-from fmicl_engine.loss.validation import (LossArgumentError, NonFiniteLossError, align_uniform_hyperparameters,
-                                          check_finite_loss, check_pair, compute_dtype, fmicl_hyperparameters,
-                                          infonce_hyperparameters)
+from fmicl_engine.loss.validation import (Failure, LossArgumentError, NonFiniteLossError,
+                                          align_uniform_hyperparameters, check_finite_loss, check_pair, compute_dtype,
+                                          fmicl_hyperparameters, infonce_hyperparameters, raise_if)
 
 OBJECTIVES = ("fmicl", "infonce", "align_uniform")
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -61,21 +61,17 @@ def _uniformity_fwd_bwd_fake(z, anchors, t, tile=0):
 
 
 def _check_finite_gradient(grad_z: torch.Tensor, objective: str, scale: str | None, group=None) -> None:
-    """The value can be finite while a derivative overflows (one sync; the op already paid O(N² d)).
-    With a process group, grad_z is this rank's share and the ranks agree (one all-reduce of one
-    element) so that all raise or none: a rank raising alone would leave the others waiting in the
-    backward's reduce-scatter. Skipped while torch.compile traces: a data-dependent branch would
-    break the graph."""
+    """The value can be finite while a derivative overflows (validation.raise_if: one sync, or
+    deferred; the op already paid O(N² d)). With a process group, grad_z is this rank's share and
+    the ranks agree (one all-reduce of one element) so that all raise or none: a rank raising alone
+    would leave the others waiting in the backward's reduce-scatter. Skipped while torch.compile
+    traces: a data-dependent branch would break the graph."""
     if torch.compiler.is_compiling():
         return
-    overflow = (~torch.isfinite(grad_z)).any().to(torch.int32)
-    if group is not None:
-        dist.all_reduce(overflow, op=dist.ReduceOp.MAX, group=group)
-    if bool(overflow):
-        hint = f"increase {scale}, " if scale else ""
-        raise NonFiniteLossError(
-            f"{objective}: the gradient of the fused loss overflows {grad_z.dtype} for these inputs; "
-            f"{hint}or pass float64 embeddings", argument=scale)
+    hint = f"increase {scale}, " if scale else ""
+    failure = Failure(NonFiniteLossError, scale, f"{objective}: the gradient of the fused loss overflows "
+                                                 f"{grad_z.dtype} for these inputs; {hint}or pass float64 embeddings")
+    raise_if((~torch.isfinite(grad_z)).any(), failure, group=group)
 
 
 def _saved_gradient_times(ctx, grad_loss: torch.Tensor) -> torch.Tensor:

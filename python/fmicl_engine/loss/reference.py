@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fmicl_engine.loss.validation import NonFiniteLossError, compute_dtype
+from fmicl_engine.loss.validation import Failure, NonFiniteLossError, compute_dtype, raise_if
 
 LOG2 = math.log(2.0)
 
@@ -168,14 +168,11 @@ def rpc(z1, z2, *, tau, alpha, beta, gamma, normalize):
 
 
 def _cholesky_logdet(matrix: torch.Tensor, eps: float) -> torch.Tensor:
-    try:
-        chol = torch.linalg.cholesky(matrix)
-    except torch.linalg.LinAlgError as err:
-        raise NonFiniteLossError(
-            f"emmi: a covariance matrix is not positive definite in {matrix.dtype} at eps={eps} ({err}); "
-            "increase eps or pass float64 embeddings",
-            argument="eps",
-        ) from err
+    chol, info = torch.linalg.cholesky_ex(matrix)  # info: the order of the first non-positive leading minor, or 0
+    raise_if(info != 0, Failure(
+        NonFiniteLossError, "eps",
+        f"emmi: a covariance matrix is not positive definite in {matrix.dtype} at eps={eps} (its leading minor "
+        f"of order {{value}} is not); increase eps or pass float64 embeddings"), value=info)
     return 2 * torch.log(torch.diagonal(chol)).sum()
 
 

@@ -1,16 +1,25 @@
-"""Argument checks shared by every loss backend (reference, fused CPU, fused CUDA).
+"""Argument and value checks shared by every loss backend (reference, fused CPU, fused CUDA).
 
-Each check raises :class:`LossArgumentError` naming the offending argument (``err.argument``), so a
-config error points at the config key. The hyperparameter bundles (``fmicl_hyperparameters`` ...)
-return the validated keywords as a dict: the one form in which they are passed to a backend.
+Each argument check raises :class:`LossArgumentError` naming the offending argument
+(``err.argument``), so a config error points at the config key. The hyperparameter bundles
+(``fmicl_hyperparameters`` ...) return the validated keywords as a dict: the one form in which they
+are passed to a backend.
+
+Value checks (finite embeddings, a finite loss, a finite gradient of a fused op, positive-definite
+EMMI covariances) read a device value, a host-device sync on a GPU. They all go through
+``raise_if``: at once by default, or, inside :class:`DeferredFiniteChecks`, recorded on the device
+and raised by its ``check()``. Checks of Python values, shapes, dtypes and devices read host
+metadata only and always raise at once.
 """
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import math
 import numbers
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -126,10 +135,9 @@ def _check_layout(name: str, z, min_rows: int) -> None:
 
 
 def _check_finite(name: str, z: torch.Tensor) -> None:
-    # One reduction and a device sync on GPU: cheap next to the loss, and it turns a silent NaN
-    # loss into an error that names the input.
-    if not bool(torch.isfinite(z).all()):
-        raise LossArgumentError(name, f"{name} contains inf or NaN")
+    # One reduction (and, unless deferred, a device sync): it turns a silent NaN loss into an
+    # error that names the input.
+    raise_if(~torch.isfinite(z).all(), Failure(LossArgumentError, name, f"{name} contains inf or NaN"))
 
 
 def check_embeddings(name: str, z, min_rows: int = 2) -> None:
@@ -162,7 +170,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def check_finite_loss(loss: torch.Tensor, objective: str, *, scale: str | None = None, group=None,
                       **context) -> torch.Tensor:
-    """Return ``loss`` if finite, else raise NonFiniteLossError (one device sync).
+    """Return ``loss``; raise NonFiniteLossError if it is inf/NaN (via ``raise_if``: one device
+    sync, or deferred).
 
     ``scale`` names the hyperparameter to change first (sigma, tau, eps; it becomes the error's
     ``argument``); ``context`` holds the values the message shows (divergence, sigma ...).
@@ -170,23 +179,136 @@ def check_finite_loss(loss: torch.Tensor, objective: str, *, scale: str | None =
     they agree (one all-reduce of one element), so all raise or none: a rank raising alone would
     leave the others waiting in the backward's collective.
     """
-    nonfinite = ~torch.isfinite(loss)
+    described = ", ".join(f"{k}={v!r}" for k, v in context.items())
+    hint = f"increase {scale}, " if scale else ""
+    failure = Failure(NonFiniteLossError, scale,
+                      f"{objective} loss is {{value}} ({described}) in {loss.dtype}: a term of the objective "
+                      f"overflows this dtype for these inputs; {hint}or pass float64 embeddings")
+    raise_if(~torch.isfinite(loss), failure, value=loss, group=group)
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# Raising on a device value: at once, or deferred to DeferredFiniteChecks.check()
+# ---------------------------------------------------------------------------------------------
+
+
+class Failure(NamedTuple):
+    """The error a value check raises. Hashable: a deferred record keeps one entry per distinct check."""
+
+    error_type: type  # LossArgumentError or NonFiniteLossError
+    argument: str | None  # the error's ``argument``
+    message: str  # "{value}" in it stands for the offending value (the loss, a Cholesky order)
+
+    def error(self, value: str = "", note: str = "") -> Exception:
+        message = self.message.replace("{value}", value) + note
+        if self.error_type is LossArgumentError:
+            return LossArgumentError(self.argument, message)
+        return self.error_type(message, argument=self.argument)
+
+
+_OTHER_RANK = "finite here but not on another rank"
+_DEFERRED: contextvars.ContextVar[DeferredFiniteChecks | None] = contextvars.ContextVar(
+    "fmicl_engine_deferred_finite_checks", default=None)
+
+
+def raise_if(bad: torch.Tensor, failure: Failure, *, value: torch.Tensor | None = None, group=None) -> None:
+    """Raise ``failure.error()`` if the 0-dim bool tensor ``bad`` is true; ``value`` (0-dim) is
+    shown for "{value}" in the message.
+
+    At once by default: one device sync, after, with a process ``group``, one all-reduce of one
+    element so that the ranks agree and all raise or none (a rank whose own ``bad`` is false shows
+    "finite here but not on another rank" for "{value}"). Inside :class:`DeferredFiniteChecks`:
+    neither a sync nor a collective; the verdict is recorded on the device for its ``check()``.
+    """
+    deferred = _DEFERRED.get()
+    if deferred is not None:
+        deferred.record(bad, failure, value)
+        return
+    bad_anywhere = bad
     if group is not None:
         import torch.distributed as dist
 
-        flag = nonfinite.to(torch.int32)
+        flag = bad.to(torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-        nonfinite = flag.bool()
-    if not bool(nonfinite):
-        return loss
-    described = ", ".join(f"{k}={v!r}" for k, v in context.items())
-    hint = f"increase {scale}, " if scale else ""
-    value = f"{loss.item()}" if not bool(torch.isfinite(loss)) else "finite here but not on another rank"
-    raise NonFiniteLossError(
-        f"{objective} loss is {value} ({described}) in {loss.dtype}: a term of the objective "
-        f"overflows this dtype for these inputs; {hint}or pass float64 embeddings",
-        argument=scale,
-    )
+        bad_anywhere = flag.bool()
+    if bool(bad_anywhere):
+        shown = "" if value is None else f"{value.item():g}"
+        raise failure.error(shown if bool(bad) else _OTHER_RANK)
+
+
+class DeferredFiniteChecks:
+    """The loss's value checks without a host-device sync per call: ``check()`` reads them at once.
+
+    Inside ``with checks:`` (in the thread that entered it), every value check of
+    fmicl_engine.loss (finite embeddings, finite loss, finite gradient of a fused op,
+    positive-definite EMMI covariances) records its verdict on the device instead of reading it:
+    per device, two 0-dim tensors hold the first check that failed since the last ``check()`` and
+    the value it shows. Nothing is read on the host and nothing is all-reduced per call. Argument
+    checks of Python values, shapes, dtypes and devices still raise at once.
+
+    ``check()`` reads the record (one sync per device, one in practice), resets it, and raises the
+    error the immediate check would have raised first (same type, ``argument`` and message, which
+    adds that it happened within the steps since the last check), or returns None. Leaving the
+    context without an exception calls ``check()``, so nothing non-finite leaves it silently.
+    Between two checks an optimiser may step on non-finite gradients: a training loop calls
+    ``check()`` on its logging steps and before saving each checkpoint.
+
+    ``group`` (distributed runs): ``check()`` first all-reduces the flag over the group (one
+    collective per check: every rank calls it at the same step, one device per rank), and every
+    rank raises: the failing rank its own error, the others a NonFiniteLossError (argument None)
+    saying that another rank failed. Without a group each rank raises on its own; under torchrun
+    that still ends the job, once torchrun stops the ranks waiting in their next collective.
+    """
+
+    _NOTE = " (a deferred check: it happened within the steps since the last check)"
+
+    def __init__(self, group=None):
+        self.group = group
+        self._codes: dict[Failure, int] = {}  # each distinct failure recorded -> its code 1, 2, ... (0: none)
+        self._records: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # -> (first code, its value)
+        self._tokens: list[contextvars.Token] = []
+
+    def __enter__(self) -> DeferredFiniteChecks:
+        self._tokens.append(_DEFERRED.set(self))
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        _DEFERRED.reset(self._tokens.pop())
+        if exc_type is None:
+            self.check()
+
+    def record(self, bad: torch.Tensor, failure: Failure, value: torch.Tensor | None = None) -> None:
+        """Keep ``failure`` (and ``value``) on ``bad``'s device if ``bad`` and nothing failed before."""
+        code = self._codes.setdefault(failure, len(self._codes) + 1)
+        if bad.device not in self._records:
+            with torch.inference_mode(False):  # updated in place, also by later calls outside inference mode
+                self._records[bad.device] = (torch.zeros((), dtype=torch.int64, device=bad.device),
+                                             torch.zeros((), dtype=torch.float64, device=bad.device))
+        first_code, first_value = self._records[bad.device]
+        first = bad & (first_code == 0)
+        first_code.masked_fill_(first, code)
+        if value is not None:
+            first_value.copy_(torch.where(first, value.detach().to(torch.float64), first_value))
+
+    def check(self) -> None:
+        """Raise the first failure recorded since the last check, as described above; reset."""
+        rows = []
+        for first_code, first_value in self._records.values():
+            failed = (first_code != 0).to(torch.int32)
+            if self.group is not None:
+                import torch.distributed as dist
+
+                dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=self.group)
+            rows.append(torch.stack([first_code.double(), first_value, failed.double()]).tolist())  # the sync
+            first_code.zero_()
+        failures, self._codes = list(self._codes), {}
+        for code, value, _ in rows:
+            if code:
+                raise failures[int(code) - 1].error(f"{value:g}", self._NOTE)
+        if any(failed_anywhere for _, _, failed_anywhere in rows):
+            raise NonFiniteLossError("a check of the loss failed on another rank within the steps since the last "
+                                     "check (that rank's error names it); every value was finite on this rank")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The process group of a torchrun job, and the few host-side collectives the engine needs.
 
-``torchrun --nproc_per_node=G $(which fmicl-engine) run CONFIG`` starts G processes with RANK,
+``torchrun --nproc_per_node=G -m fmicl_engine run CONFIG`` starts G processes with RANK,
 WORLD_SIZE, LOCAL_RANK and a rendezvous address in their environment; a plain
 ``fmicl-engine run`` is a world of one and initialises nothing. Training collectives (DDP's
 gradient all-reduce, the loss's all-gather, synchronised batch norm) run on the default group:

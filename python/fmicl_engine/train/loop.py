@@ -18,8 +18,8 @@ on logging steps (and fp16's GradScaler, which must check for infinities).
 
 from __future__ import annotations
 
+import inspect
 import json
-import math
 import subprocess
 import sys
 import time
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from fmicl_engine.config import Config, ConfigError, config_to_dict, dumps_config, save_config
@@ -48,6 +49,9 @@ from fmicl_engine.train.signals import StopRequest
 _REPO_ROOT = Path(__file__).resolve().parents[3]
 CHECKPOINT_FORMAT = 1
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# DDP's per-forward buffer broadcast: renamed in torch 2.14 (the old name warns there).
+_DDP_BUFFER_SYNC = ("forward_sync_buffers" if "forward_sync_buffers" in
+                    inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters else "broadcast_buffers")
 
 
 def git_description() -> str:
@@ -97,6 +101,7 @@ class Session:
     store: CheckpointStore
     metrics: MetricsLog
     stop: StopRequest
+    finite_checks: Any  # loss.DeferredFiniteChecks: the loss's value checks, read on logging steps
     log: Callable[[str], None]
     config_text: str
     steps_per_epoch: int
@@ -158,7 +163,8 @@ def train_one_epoch(s: Session, epoch: int, window: MetricWindow, epoch_window: 
             window.add(loss, global_batch // s.ctx.world_size, waited)
             epoch_window.add(loss, global_batch // s.ctx.world_size, waited)
             if s.step % cfg.log_every == 0 or s.step == s.total_steps:
-                figures = {**window.read(), "lr": lr}  # the only device sync of a step
+                s.finite_checks.check()  # a non-finite loss since the last check raises here
+                figures = {**window.read(), "lr": lr}  # with the check, the only device syncs of a step
                 s.progress["final_loss"] = figures["loss"]
                 s.metrics.write(s.step, epoch, figures)
                 s.bar.set_postfix(loss=f"{figures['loss']:.4f}", img_s=f"{figures['images_per_s']:.0f}", refresh=False)
@@ -177,6 +183,7 @@ def train_one_epoch(s: Session, epoch: int, window: MetricWindow, epoch_window: 
 
 def save_checkpoint(s: Session, epoch: int) -> None:
     """Every rank contributes its data position and RNG states; rank 0 writes."""
+    s.finite_checks.check()  # never a checkpoint of weights a non-finite loss has touched
     local_batch = s.cfg.train.batch_size // s.ctx.world_size
     rank_state = {"data": {"epoch": epoch, "position": s.batches_done * local_batch},
                   "rng": {"torch": torch.get_rng_state(),
@@ -300,7 +307,7 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
     if cfg.train.compile:
         model.encoder.compile()  # in place: the state_dict keeps its names
 
-    from fmicl_engine.loss import build_loss
+    from fmicl_engine.loss import DeferredFiniteChecks, build_loss
 
     loss_fn = build_loss(cfg.loss.name, **cfg.loss.kwargs(),
                          **engine_loss_arguments(cfg.loss.name, cfg, ctx.world_size)).to(ctx.device)
@@ -308,7 +315,7 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
     if ctx.distributed:
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            broadcast_buffers=not m.sync_batchnorm)  # synchronised BatchNorm keeps its statistics equal
+            **{_DDP_BUFFER_SYNC: not m.sync_batchnorm})  # synchronised BatchNorm keeps its statistics equal
     optimizer = build_optimizer(cfg.optim, [model, loss_fn])
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.train.precision == "fp16")
 
@@ -319,7 +326,9 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
     session = Session(cfg=cfg, ctx=ctx, data=data, model=model, loss_fn=loss_fn, objective=objective,
                       optimizer=optimizer, scaler=scaler,
                       store=CheckpointStore(out_dir / "checkpoints", keep=cfg.train.keep_checkpoints),
-                      metrics=None, stop=StopRequest(), log=log, config_text=config_text,
+                      metrics=None, stop=StopRequest(),
+                      finite_checks=DeferredFiniteChecks(group=dist.group.WORLD if ctx.distributed else None),
+                      log=log, config_text=config_text,
                       steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                       warmup_steps=min(round(cfg.optim.warmup_epochs * steps_per_epoch), total_steps))
 
@@ -345,7 +354,7 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
     stopped_by = None  # a signal's name, "max_steps", or None
     window, epoch_window = MetricWindow(ctx), MetricWindow(ctx)
     session.session_start = (time.perf_counter(), session.step)
-    with session.stop, _progress_bar(total_steps, session.step, progress) as session.bar:
+    with session.stop, session.finite_checks, _progress_bar(total_steps, session.step, progress) as session.bar:
         objective.train()
         while session.step < total_steps and stopped_by is None:
             first_step = session.step
@@ -412,4 +421,6 @@ def probe(model, data: ProbeData, cfg: Config, device: torch.device) -> dict[str
 def _progress_bar(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, file=sys.stderr)
+    # disable=None: no bar when stderr is not a terminal (a scheduler's log file); the epoch lines remain.
+    return tqdm(total=total, initial=initial, disable=None if enabled else True, unit="step", dynamic_ncols=True,
+                file=sys.stderr)
