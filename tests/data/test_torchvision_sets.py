@@ -219,3 +219,18 @@ def test_order_and_views_change_with_the_epoch(cifar10):
 def test_loader_rejects_a_global_batch_larger_than_the_data(cifar10):
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(cifar10, batch_size=21, world_size=2)
+
+
+def test_the_cifar10_config_trains_on_a_generated_copy(roots, tmp_path):
+    from pathlib import Path
+
+    from fmicl_engine.config import load_config
+    from fmicl_engine.train import loop
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "cifar10_kl.toml"
+    cfg = load_config(config, [f"data.torchvision.root={roots['cifar10']}", "data.torchvision.num_workers=0",
+                               "run.device=cpu", "train.batch_size=8", "train.max_steps=2", "train.log_every=1",
+                               "model.projector_hidden_dim=16", "model.projector_out_dim=8",
+                               f"run.out_dir={tmp_path / 'run'}"])
+    results = loop.run(cfg, log=lambda s: None, progress=False)
+    assert results["steps"] == 2 and results["dataset"] == "cifar10" and results["final_loss"] is not None

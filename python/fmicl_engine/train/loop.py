@@ -13,7 +13,9 @@ checkpoint at the next step boundary and return (``results["stopped_by"]``).
 
 The training step reads in one screen (``train_one_epoch``); data sets, models and objectives
 come from their registries. Nothing on the step's path reads a device value on the host except
-on logging steps (and fp16's GradScaler, which must check for infinities).
+on logging steps: the loss's value checks are deferred (``DeferredFiniteChecks``) and read there
+and before each checkpoint, so a non-finite loss still stops the run, naming sigma/tau, and is
+never checkpointed. (fp16's GradScaler reads its infinity flag each step, as it must.)
 """
 
 from __future__ import annotations
