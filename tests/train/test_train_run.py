@@ -178,3 +178,41 @@ def test_every_digits_config_in_the_repo_validates():
     for path in configs:
         cfg = load_config(path)
         assert cfg.data.dataset == "digits" and cfg.loss.kwargs().get("backend", "auto") == "auto", path
+
+
+def test_a_torn_metrics_line_is_dropped_with_a_warning_on_resume(tmp_path):
+    first = tiny_config(tmp_path, "run", train={"max_steps": 2})
+    quiet_run(first)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "epoch": 0, "lo')  # a crash mid-write
+    logged = []
+    quiet_run(tiny_config(tmp_path, "run", train={"max_steps": 4}), log=logged.append)
+    assert any("metrics.jsonl:3: dropping an unreadable line" in line for line in logged)
+    assert [line["step"] for line in metrics(first)] == [1, 2, 3, 4]
+
+
+def test_a_full_disk_while_checkpointing_names_enospc_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from fmicl_engine.train import checkpoint
+
+    cfg = tiny_config(tmp_path, "run", train={"max_steps": 4, "checkpoint_every_steps": 2})
+    s = store(cfg)
+    s.save(2, {"model": {"w": torch.zeros(3)}})
+    written = {"bytes": 0}
+    real_write = checkpoint._HashingWriter.write
+
+    def write_until_full(self, data):
+        written["bytes"] += len(data)
+        if written["bytes"] > 64:  # the disk fills during the next write
+            self.error = OSError(errno.ENOSPC, "No space left on device")
+            raise self.error
+        return real_write(self, data)
+
+    monkeypatch.setattr(checkpoint._HashingWriter, "write", write_until_full)
+    with pytest.raises(checkpoint.CheckpointWriteError,
+                       match=r"cannot write checkpoint .*step_00000004.pt: ENOSPC: No space left on device; "
+                             r"the previous checkpoint, step_00000002.pt, is intact"):
+        s.save(4, {"model": {"w": torch.ones(1000)}})
+    assert sorted(p.name for p in s.directory.iterdir()) == ["step_00000002.pt", "step_00000002.pt.sha256"]
+    assert s.problem(2) is None

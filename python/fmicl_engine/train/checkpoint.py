@@ -13,6 +13,7 @@ checkpoints are pruned only after the new one is complete.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -29,16 +30,29 @@ import torch
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a read-only or vanished directory). The
+    temporary file is gone and the previous checkpoints are intact."""
+
+
 class _HashingWriter:
-    """A binary file that hashes what passes through it (torch.save writes to any such object)."""
+    """A binary file that hashes what passes through it (torch.save writes to any such object).
+
+    torch.save turns an OSError raised by ``write`` into a RuntimeError that no longer says
+    ENOSPC; the writer keeps the original so that the caller can report it."""
 
     def __init__(self, file):
         self.file = file
         self.digest = hashlib.sha256()
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         self.digest.update(data)
-        return self.file.write(data)
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
 
     def flush(self) -> None:
         self.file.flush()
@@ -98,12 +112,28 @@ class CheckpointStore:
 
         def write_payload(f):
             writer = _HashingWriter(f)
-            torch.save(state, writer)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
             digest["hex"] = writer.digest.hexdigest()
 
-        write_atomically(path, write_payload)
-        write_atomically(path.with_name(path.name + ".sha256"), lambda f: f.write(digest["hex"].encode() + b"\n"))
-        _fsync_dir(self.directory)
+        try:
+            write_atomically(path, write_payload)
+            write_atomically(path.with_name(path.name + ".sha256"), lambda f: f.write(digest["hex"].encode() + b"\n"))
+            _fsync_dir(self.directory)
+        except OSError as err:
+            path.unlink(missing_ok=True)  # a payload without its digest is not a checkpoint
+            previous = [s for s in self.steps() if s != step]
+            kept = f"the previous checkpoint, {self.path(previous[-1]).name}, is intact" if previous else \
+                "no earlier checkpoint exists"
+            reason = f"{errno.errorcode.get(err.errno, 'error')}: {err.strerror or err}" if err.errno else str(err)
+            error = CheckpointWriteError(f"cannot write checkpoint {path}: {reason}; {kept}; free space "
+                                         "(or fix the directory) and rerun the same command to resume")
+            error.errno = err.errno
+            raise error from None
         for old in self.steps()[: -self.keep]:
             self.path(old).unlink(missing_ok=True)
             self.path(old).with_name(self.path(old).name + ".sha256").unlink(missing_ok=True)

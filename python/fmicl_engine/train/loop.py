@@ -340,7 +340,7 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
         epoch = restore(session, load_checkpoint(resume_path))
         log(f"resumed from {resume_path} at step {session.step} (epoch {epoch})")
     resumed_from = session.step if resume_path is not None else None
-    session.metrics = MetricsLog(out_dir, enabled=ctx.is_main, resume_step=session.step)
+    session.metrics = MetricsLog(out_dir, enabled=ctx.is_main, resume_step=session.step, warn=log)
 
     # ------------------------------------------------------------------------------ random-init probe
     probe_seconds = 0.0

@@ -59,18 +59,32 @@ class MetricWindow:
         return figures
 
 
+def _step_of(line: str) -> int | None:
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
 class MetricsLog:
     """``metrics.jsonl`` and TensorBoard scalars, written by rank 0 alone."""
 
-    def __init__(self, out_dir: Path, *, enabled: bool, resume_step: int):
+    def __init__(self, out_dir: Path, *, enabled: bool, resume_step: int, warn=lambda message: None):
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
         self._file = self._writer = None
         if not enabled:
             return
         # A resumed run continues the files of the run it resumes, minus what followed its checkpoint.
-        lines = self.path.read_text().splitlines() if resume_step and self.path.exists() else []
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step]
+        lines = self.path.read_text(errors="replace").splitlines() if resume_step and self.path.exists() else []
+        kept = []
+        for number, line in enumerate(lines, 1):
+            step = _step_of(line)
+            if step is None:  # a line torn by a crash mid-write, or damaged since
+                warn(f"warning: {self.path}:{number}: dropping an unreadable line ({line[:60]!r})")
+            elif step <= resume_step:
+                kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
         self._file = self.path.open("a")
         from torch.utils.tensorboard import SummaryWriter
