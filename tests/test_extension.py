@@ -1,6 +1,7 @@
 """The native extension: present, current, and a clear error when missing or stale."""
 
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -41,3 +42,37 @@ def test_missing_extension_says_how_to_build(monkeypatch):
     monkeypatch.setitem(sys.modules, "fmicl_engine._C", None)  # makes `import` fail
     with pytest.raises(ImportError, match="not built.*pip install --no-build-isolation"):
         _ext._load()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="needs a C++ compiler")
+def test_a_divergence_without_its_terms_does_not_compile(tmp_path):
+    # One line in FMICL_FOR_EACH_DIVERGENCE adds a divergence everywhere; until positive_term and
+    # negative_term have its branch, the static_assert of their constexpr chains fails the build
+    # (without it, the new divergence would silently compute VLC's terms).
+    header = (_ext._REPO_ROOT / "cpp" / "include" / "fmicl" / "pairwise_math.h").read_text()
+    last = '  X(kVLC, "vlc")\n'
+    assert last in header, "pairwise_math.h: the divergence list moved"
+    (tmp_path / "fmicl").mkdir()
+    (tmp_path / "fmicl" / "pairwise_math.h").write_text(header.replace(last, '  X(kVLC, "vlc") \\\n  X(kNew, "new")\n'))
+    (tmp_path / "new.cpp").write_text(
+        "#include <fmicl/pairwise_math.h>\n"
+        "double term(fmicl::Divergence d, double s) {\n"
+        "  double value = 0, dvalue = 0;\n"
+        "  switch (d) {\n"
+        "#define CASE(D, name) case fmicl::Divergence::D:"
+        " fmicl::positive_term<fmicl::Divergence::D>(s, 1.5, value, dvalue);"
+        " fmicl::negative_term<fmicl::Divergence::D>(s, 1.5, value, dvalue); break;\n"
+        "    FMICL_FOR_EACH_DIVERGENCE(CASE)\n"
+        "  }\n"
+        "  return value + dvalue;\n"
+        "}\n")
+
+    def compile_against(include_dir):
+        return subprocess.run(["c++", "-std=c++20", "-fsyntax-only", "-I", str(include_dir), str(tmp_path / "new.cpp")],
+                              capture_output=True, text=True)
+
+    assert compile_against(_ext._REPO_ROOT / "cpp" / "include").returncode == 0  # the real list compiles
+    result = compile_against(tmp_path)
+    assert result.returncode != 0
+    assert "positive_term: a divergence without its f'(r)" in result.stderr
+    assert "negative_term: a divergence without its f*(f'(r))" in result.stderr

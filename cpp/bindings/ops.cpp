@@ -1,22 +1,29 @@
 // The tensor ops of fmicl-engine, declared once (torch.ops.fmicl.*). Implementations are
 // registered per device next to them: cpp/src/pairwise_cpu.cpp (CPU), cpp/cuda/ (CUDA); the
-// autograd and torch.compile glue is python/fmicl_engine/loss/fused.py.
+// Python wrappers, fake kernels (torch.compile) and autograd registrations are
+// python/fmicl_engine/loss/ops.py.
 //
-// Contract of the pairwise ops (definitions: shared/spec/LOSSES.md)
-// ------------------------------------------------------------------
-// z        (M, d), contiguous, M = 2N rows in the layout [z1; z2] of the GLOBAL batch; float16,
-//          bfloat16, float32 or float64. Half types are computed in float32.
-// anchors  optional int64 (A,) row indices into z; None = all M rows (a repeated index counts
-//          twice). Each op returns the sum over these anchors of the per-anchor terms with the
-//          GLOBAL normalisers of LOSSES.md, so summing the outputs over a partition of 0..M-1 gives
-//          exactly the loss over the whole batch. This is what a distributed caller needs: each
-//          rank passes the all-gathered z and its own anchors, then sums the values
-//          (all-reduce) and the gradients (reduce-scatter).
-// grad_z   (M, d), dtype of z: d(first output)/dz. It reaches the anchor rows and every partner
-//          row of them (column rows), so it is non-zero outside the anchors.
-// tile     rows per tile of the pairwise matrix; 0 = the backend's default. Only speed and
-//          memory depend on it (tests set small tiles to exercise many).
-// Forward and backward are one pass: the (M x M) pairwise matrix is never stored.
+// Contract of the pairwise ops (definitions: docs/LOSSES.md)
+// ----------------------------------------------------------
+// z          (M, d), contiguous, M = 2N rows in the layout [z1; z2] of the GLOBAL batch; float16,
+//            bfloat16, float32 or float64. Half types are computed in float32.
+// anchors    optional int64 (A,) row indices into z, ON THE CPU whatever z's device (checked on
+//            the host, then sent to the device asynchronously: no sync); None = all M rows (a
+//            repeated index counts twice). Each op returns the sum over these anchors of the
+//            per-anchor terms with the GLOBAL normalisers of LOSSES.md, so summing the outputs over a
+//            partition of 0..M-1 gives exactly the loss over the whole batch. This is what a
+//            distributed caller needs: each rank passes the all-gathered z and its own anchors,
+//            then sums the values (all-reduce) and the gradients (reduce-scatter).
+// The other arguments are keyword-only.
+// needs_grad false: only the value is computed (the gradient's products and InfoNCE's second
+//            pass are skipped: f-MICL forms 0.5 full-size products instead of 1.5) and grad_z is
+//            an empty (0, d) tensor.
+// grad_z     (M, d), dtype of z: d(first output)/dz. It reaches the anchor rows and every partner
+//            row of them (column rows), so it is non-zero outside the anchors.
+// tile       rows per tile of the pairwise matrix; 0 = the backend's default. Only speed and
+//            memory depend on it (tests set small tiles to exercise many).
+// Forward and backward are one pass: the (M x M) pairwise matrix is never stored. No op reads a
+// device value on the host: with CUDA inputs nothing waits for the GPU.
 //
 // fmicl_fwd_bwd -> (loss_sum, grad_z): f-MICL. loss_sum is a 0-dim float64 tensor.
 //   divergence: kl | js | pearson | sh | tsallis | vlc;  similarity: gaussian | cosine.
@@ -36,11 +43,11 @@
 
 TORCH_LIBRARY(fmicl, m) {
   m.def(
-      "fmicl_fwd_bwd(Tensor z, Tensor? anchors, str divergence, str similarity, float sigma, "
-      "float tau, float mu, float alpha, float tsallis_alpha, bool normalize, int tile=0) "
-      "-> (Tensor loss_sum, Tensor grad_z)");
-  m.def("infonce_fwd_bwd(Tensor z, Tensor? anchors, float tau, int tile=0) "
+      "fmicl_fwd_bwd(Tensor z, Tensor? anchors=None, *, str divergence, str similarity, float sigma, "
+      "float tau, float mu, float alpha, float tsallis_alpha, bool normalize, bool needs_grad=True, "
+      "int tile=0) -> (Tensor loss_sum, Tensor grad_z)");
+  m.def("infonce_fwd_bwd(Tensor z, Tensor? anchors=None, *, float tau, bool needs_grad=True, int tile=0) "
         "-> (Tensor loss_sum, Tensor grad_z)");
-  m.def("uniformity_fwd_bwd(Tensor z, Tensor? anchors, float t, int tile=0) "
+  m.def("uniformity_fwd_bwd(Tensor z, Tensor? anchors=None, *, float t, bool needs_grad=True, int tile=0) "
         "-> (Tensor sum_exp, Tensor grad_z)");
 }

@@ -16,7 +16,9 @@
 // the terms of (a, b) and (b, a) are equal, so an entry of an off-diagonal tile stands for both
 // orientations (its terms and W count twice; InfoNCE adds the two softmaxes) while a diagonal
 // tile visits each ordered pair once: 1.5 full-size products (InfoNCE 2.5: its log-sum-exp pass
-// forms every tile). Memory: one tile (tile^2) plus O(M d).
+// forms every tile); without needs_grad only G and the epilogues (f-MICL 0.5, InfoNCE 1).
+// Memory: one tile (tile^2) plus O(M d). Nothing is read back to the host: anchors arrive from
+// the host (pairwise_host.h), so a call never waits for the GPU.
 // float16/bfloat16 rows are converted to float32 first (products and terms in float32, sums in
 // float64); float64 stays float64. The products follow torch's float32 matmul precision setting
 // (TF32 only where the user enabled it).
@@ -74,18 +76,19 @@ __device__ double block_max(double v) {
   return total;
 }
 
-// f-MICL (and the uniformity sums). Tile row r is anchor a = rows[r]; its partners are the
-// columns b = col0 + c != a (and, when view_rows > 0, only those in a's view: rows below
-// view_rows are one view, the rest the other). Overwrites G with W = d(loss_sum)/dG and adds the
-// row's scaled terms to value[r] and Σ_b W_ab to wsum[r] (the Gaussian similarity's |x_a|^2 term).
+// The pair-term sums (f-MICL's, the uniformity's). Tile row r is anchor a = rows[r]; its partners
+// are the columns b = col0 + c != a (and, when view_rows > 0, only those in a's view: rows below
+// view_rows are one view, the rest the other); without negatives (PairTermParams::has_negatives)
+// only the positive. Overwrites G with W = d(loss_sum)/dG and adds the row's scaled terms to
+// value[r] and Σ_b W_ab to wsum[r] (the Gaussian similarity's |x_a|^2 term).
 // orientations: 2 where each entry also stands for (b, a) (off-diagonal tiles of the whole batch).
 template <class S, Divergence D, Similarity Sim>
 __global__ void __launch_bounds__(kThreads)
-    fmicl_epilogue_kernel(const FmiclParams p, const S dlogr_dgram, const S orientations, S* __restrict__ tile,
-                          const long long ncols, const long long col0,
-                          const int64_t* __restrict__ rows, const S* __restrict__ norm_sq,
-                          const long long view_rows, double* __restrict__ value,
-                          double* __restrict__ wsum) {
+    pair_term_epilogue_kernel(const PairTermParams p, const bool negatives, const S dlogr_dgram,
+                              const S orientations, S* __restrict__ tile, const long long ncols,
+                              const long long col0, const int64_t* __restrict__ rows,
+                              const S* __restrict__ norm_sq, const long long view_rows,
+                              double* __restrict__ value, double* __restrict__ wsum) {
   const long long r = blockIdx.x;
   const long long a = rows[r];
   S* g = tile + r * ncols;
@@ -101,7 +104,7 @@ __global__ void __launch_bounds__(kThreads)
     const long long b = col0 + c;
     const bool partner = b != a && (view_rows == 0 || (a < view_rows) == (b < view_rows));
     S w = S(0);
-    if (partner) {
+    if (partner && (negatives || b == positive)) {
       S s;
       if constexpr (Sim == Similarity::kGaussian) {
         s = gaussian_log_similarity(g[c], norm_a, norm_sq[b], log_mu, inv_two_sigma_sq);
@@ -202,11 +205,12 @@ __global__ void __launch_bounds__(kThreads)
 // Host code: the tile walk, the three ops (their checks: fmicl/pairwise_host.h)
 // ---------------------------------------------------------------------------------------------
 
-// (A,) int64 on z's device: the anchor rows, all M rows when `anchors` is None.
+// (A,) int64 on z's device: the anchor rows, all M rows when `anchors` is None. The host's
+// anchors go through pinned memory, asynchronously: the copy waits for nothing, and the caching
+// host allocator keeps the pinned block until the copy is done.
 at::Tensor anchor_rows(const char* op, const std::optional<at::Tensor>& anchors, const at::Tensor& z) {
   if (!anchors.has_value()) return at::arange(z.size(0), z.options().dtype(at::kLong));
-  check_anchors(op, *anchors, z);
-  return anchors->contiguous();
+  return checked_anchors(op, *anchors, z.size(0)).pin_memory().to(z.device(), /*non_blocking=*/true);
 }
 
 // Walks the tiles (anchor rows I) x (all rows J): G_IJ = X_I X_J^T into a buffer, then
@@ -241,64 +245,68 @@ void walk_tiles(const at::Tensor& x, const at::Tensor& rows, long long tile, boo
 }
 
 template <class S, Divergence D, Similarity Sim>
-void launch_fmicl_epilogue(const FmiclParams& p, int orientations, at::Tensor& w, long long j0,
-                           const int64_t* rows, const at::Tensor& norm_sq, long long view_rows,
-                           double* value, double* wsum) {
+void launch_pair_term_epilogue(const PairTermParams& p, int orientations, at::Tensor& w, long long j0,
+                               const int64_t* rows, const at::Tensor& norm_sq, long long view_rows,
+                               double* value, double* wsum) {
   const long long ti = w.size(0), tj = w.size(1);
-  fmicl_epilogue_kernel<S, D, Sim><<<ti, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      p, S(p.dlogr_dgram()), S(orientations), w.data_ptr<S>(), tj, j0, rows, norm_sq.data_ptr<S>(),
-      view_rows, value, wsum);
+  pair_term_epilogue_kernel<S, D, Sim><<<ti, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      p, p.has_negatives(), S(p.dlogr_dgram()), S(orientations), w.data_ptr<S>(), tj, j0, rows,
+      norm_sq.data_ptr<S>(), view_rows, value, wsum);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <class S, Similarity Sim>
-void dispatch_divergence(const FmiclParams& p, int orientations, at::Tensor& w, long long j0,
+void dispatch_divergence(const PairTermParams& p, int orientations, at::Tensor& w, long long j0,
                          const int64_t* rows, const at::Tensor& norm_sq, long long view_rows,
                          double* value, double* wsum) {
   switch (p.divergence) {
-#define FMICL_DIVERGENCE_CASE(D) \
-  case D:                        \
-    return launch_fmicl_epilogue<S, D, Sim>(p, orientations, w, j0, rows, norm_sq, view_rows, value, wsum);
+#define FMICL_DIVERGENCE_CASE(D, name) \
+  case Divergence::D:                  \
+    return launch_pair_term_epilogue<S, Divergence::D, Sim>(p, orientations, w, j0, rows, norm_sq, view_rows, \
+                                                            value, wsum);
     FMICL_FOR_EACH_DIVERGENCE(FMICL_DIVERGENCE_CASE)
 #undef FMICL_DIVERGENCE_CASE
   }
   TORCH_INTERNAL_ASSERT(false, "fmicl_fwd_bwd: divergence ", int(p.divergence), " not dispatched");
 }
 
-// Per anchor slot (A,) float64: the sum of its scaled f-MICL terms (or uniformity sums); the
-// gradient of their total is added into dx. view_rows > 0 restricts partners to the anchor's view.
-// whole_batch: rows is every row in order, so only the tiles J >= I are formed.
+// Per anchor slot (A,) float64: the sum of its scaled pair terms (f-MICL's, the uniformity's);
+// the gradient of their total is added into dx unless dx is undefined. view_rows > 0 restricts
+// partners to the anchor's view. whole_batch: rows is every row in order, so only the tiles
+// J >= I are formed.
 template <class S>
-at::Tensor fmicl_sums(const FmiclParams& p, const at::Tensor& x, const at::Tensor& rows,
-                      bool whole_batch, long long view_rows, at::Tensor& dx, long long tile) {
-  const bool gaussian = p.similarity == Similarity::kGaussian;
+at::Tensor pair_term_sums(const PairTermParams& p, const at::Tensor& x, const at::Tensor& rows,
+                          bool whole_batch, long long view_rows, at::Tensor& dx, long long tile) {
+  const bool gaussian_gradient = p.similarity == Similarity::kGaussian && dx.defined();
   const at::Tensor norm_sq = (x * x).sum(1).contiguous();  // (M,)
   const auto f64 = x.options().dtype(at::kDouble);
   at::Tensor value = at::zeros({rows.size(0)}, f64);
   at::Tensor wsum = at::zeros({rows.size(0)}, f64);  // Σ_b W_ab of each anchor slot
-  at::Tensor degree = at::zeros({x.size(0)}, x.options());  // Σ of W over row a and column a
-  walk_tiles(x, rows, tile, whole_batch, &dx, [&](at::Tensor& w, long long i0, long long, long long j0, long long tj) {
+  at::Tensor degree;  // (M,) Σ of W over row a and column a
+  if (gaussian_gradient) degree = at::zeros({x.size(0)}, x.options());
+  walk_tiles(x, rows, tile, whole_batch, dx.defined() ? &dx : nullptr, [&](at::Tensor& w, long long i0, long long,
+                                                                           long long j0, long long tj) {
     const int orientations = whole_batch && j0 != i0 ? 2 : 1;
     const int64_t* tile_rows_ptr = rows.data_ptr<int64_t>() + i0;
     double* value_ptr = value.data_ptr<double>() + i0;
     double* wsum_ptr = wsum.data_ptr<double>() + i0;
-    if (gaussian) {
+    if (p.similarity == Similarity::kGaussian) {
       dispatch_divergence<S, Similarity::kGaussian>(p, orientations, w, j0, tile_rows_ptr, norm_sq,
                                                      view_rows, value_ptr, wsum_ptr);
-      degree.narrow(0, j0, tj).add_(w.sum(0));
+      if (gaussian_gradient) degree.narrow(0, j0, tj).add_(w.sum(0));
     } else {
       dispatch_divergence<S, Similarity::kCosine>(p, orientations, w, j0, tile_rows_ptr, norm_sq,
                                                    view_rows, value_ptr, wsum_ptr);
     }
   });
-  if (gaussian) {  // log r depends on |x_a|^2 and |x_b|^2 too: d/d|x_a|^2 = -½ d/dG_ab
+  if (gaussian_gradient) {  // log r depends on |x_a|^2 and |x_b|^2 too: d/d|x_a|^2 = -½ d/dG_ab
     degree.index_add_(0, rows, wsum.to(x.scalar_type()));
     dx.sub_(x * degree.unsqueeze(1));
   }
   return value;
 }
 
-// The InfoNCE sum over the anchors; the gradient is added into dx.
+// The InfoNCE sum over the anchors; the gradient is added into dx unless dx is undefined.
 template <class S>
 at::Tensor infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Tensor& rows,
                        bool whole_batch, at::Tensor& dx, long long tile) {
@@ -317,6 +325,7 @@ at::Tensor infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Te
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   const at::Tensor lse = row_max + row_sum.log();  // (A,)
+  if (!dx.defined()) return (lse - positive_logit).sum() * p.anchor_scale;
 
   // Pass 2: the softmax weights into the gradient.
   walk_tiles(x, rows, tile, whole_batch, &dx, [&](at::Tensor& w, long long i0, long long ti, long long j0, long long tj) {
@@ -328,33 +337,29 @@ at::Tensor infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Te
   return (lse - positive_logit).sum() * p.anchor_scale;
 }
 
-std::tuple<at::Tensor, at::Tensor> fmicl_fwd_bwd_cuda(const at::Tensor& z,
-                                                      const std::optional<at::Tensor>& anchors,
-                                                      c10::string_view divergence_name,
-                                                      c10::string_view similarity_name, double sigma,
-                                                      double tau, double mu, double alpha,
-                                                      double tsallis_alpha, bool normalize,
+std::tuple<at::Tensor, at::Tensor> fmicl_fwd_bwd_cuda(const at::Tensor& z, const std::optional<at::Tensor>& anchors,
+                                                      c10::string_view divergence, c10::string_view similarity,
+                                                      double sigma, double tau, double mu, double alpha,
+                                                      double tsallis_alpha, bool normalize, bool needs_grad,
                                                       int64_t tile) {
   constexpr const char* op = "fmicl_fwd_bwd";
   check_embeddings(op, z, kDevice);
   const c10::cuda::CUDAGuard device_guard(z.device());
-  const FmiclParams p = checked_fmicl_params(op, z.size(0), z.size(1), divergence_name, similarity_name, sigma,
-                                             tau, mu, alpha, tsallis_alpha);
+  const PairTermParams p =
+      checked_fmicl_params(op, z.size(0), z.size(1), divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha);
   const long long t = tile_rows(op, tile, z.size(0), kDefaultTile);
   const at::Tensor rows = anchor_rows(op, anchors, z);
   const Rows x = prepare_rows(z, normalize || p.similarity == Similarity::kCosine);
-  at::Tensor dx = at::zeros_like(x.x);
+  at::Tensor dx = gradient_accumulator(x, needs_grad);
   at::Tensor value;
   AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
-    value = fmicl_sums<scalar_t>(p, x.x, rows, !anchors.has_value(), /*view_rows=*/0, dx, t);
+    value = pair_term_sums<scalar_t>(p, x.x, rows, !anchors.has_value(), /*view_rows=*/0, dx, t);
   });
-  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
-  return {value.sum(), grad};
+  return {value.sum(), returned_gradient(z, dx, x)};
 }
 
-std::tuple<at::Tensor, at::Tensor> infonce_fwd_bwd_cuda(const at::Tensor& z,
-                                                        const std::optional<at::Tensor>& anchors,
-                                                        double tau, int64_t tile) {
+std::tuple<at::Tensor, at::Tensor> infonce_fwd_bwd_cuda(const at::Tensor& z, const std::optional<at::Tensor>& anchors,
+                                                        double tau, bool needs_grad, int64_t tile) {
   constexpr const char* op = "infonce_fwd_bwd";
   check_embeddings(op, z, kDevice);
   const c10::cuda::CUDAGuard device_guard(z.device());
@@ -364,18 +369,17 @@ std::tuple<at::Tensor, at::Tensor> infonce_fwd_bwd_cuda(const at::Tensor& z,
   const at::Tensor rows = anchor_rows(op, anchors, z);
   const Rows x = prepare_rows(z, /*normalize=*/true);
   const InfonceParams p = infonce_params(num_rows, z.size(1), tau);
-  at::Tensor dx = at::zeros_like(x.x);
+  at::Tensor dx = gradient_accumulator(x, needs_grad);
   at::Tensor value;
   AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
     value = infonce_sum<scalar_t>(p, x.x, rows, !anchors.has_value(), dx, t);
   });
-  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
-  return {value, grad};
+  return {value, returned_gradient(z, dx, x)};
 }
 
 std::tuple<at::Tensor, at::Tensor> uniformity_fwd_bwd_cuda(const at::Tensor& z,
-                                                           const std::optional<at::Tensor>& anchors,
-                                                           double t, int64_t tile) {
+                                                           const std::optional<at::Tensor>& anchors, double t,
+                                                           bool needs_grad, int64_t tile) {
   constexpr const char* op = "uniformity_fwd_bwd";
   check_embeddings(op, z, kDevice);
   const c10::cuda::CUDAGuard device_guard(z.device());
@@ -384,16 +388,15 @@ std::tuple<at::Tensor, at::Tensor> uniformity_fwd_bwd_cuda(const at::Tensor& z,
   const long long tr = tile_rows(op, tile, num_rows, kDefaultTile);
   const at::Tensor rows = anchor_rows(op, anchors, z);
   const Rows x = prepare_rows(z, /*normalize=*/true);
-  const FmiclParams p = uniformity_params(half, z.size(1), t);
-  at::Tensor dx = at::zeros_like(x.x);
+  const PairTermParams p = uniformity_params(half, z.size(1), t);
+  at::Tensor dx = gradient_accumulator(x, needs_grad);
   at::Tensor value;  // (A,) per anchor slot
   AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
-    value = fmicl_sums<scalar_t>(p, x.x, rows, !anchors.has_value(), /*view_rows=*/half, dx, tr);
+    value = pair_term_sums<scalar_t>(p, x.x, rows, !anchors.has_value(), /*view_rows=*/half, dx, tr);
   });
   // sums[v]: the anchors of view v (rows >= half are view 1).
   at::Tensor sums = at::zeros({2}, value.options()).index_add_(0, (rows >= half).to(at::kLong), value);
-  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
-  return {sums, grad};
+  return {sums, returned_gradient(z, dx, x)};
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 // symmetric only tiles J >= I are formed; one entry stands for both orientations (a, b) and
 // (b, a). f-MICL costs 1.5 full-size products; InfoNCE 2 (its row log-sum-exp must be known
 // before any weight, so a first pass computes it: 2.5 products for tau < 1/40 in float32).
+// Without needs_grad only the G products are formed (f-MICL 0.5 products, InfoNCE 0.5 or 1).
 // Threads: each worker (one per thread) takes whole tiles, round robin, with single-threaded
 // products and its own gradient accumulator, summed at the end. Extra memory: one tile per
 // worker, O(M d) per worker beyond the first (capped at kWorkerMemory), O(M d) for the rows.
@@ -33,13 +34,12 @@ constexpr long long kMaxTile = 1024;  // 4 MB of float32: sgemm runs near peak, 
 constexpr long long kMinTile = 128;   // smaller tiles only to give every thread work
 constexpr long long kWorkerMemory = 64LL << 20;  // bytes of extra per-worker gradient accumulators
 
-// (M,) how many times each row is an anchor, in the compute dtype.
-at::Tensor anchor_weights(const char* op, const std::optional<at::Tensor>& anchors, const at::Tensor& z,
+// (M,) how many times each of the M rows is an anchor, in the compute dtype.
+at::Tensor anchor_weights(const char* op, const std::optional<at::Tensor>& anchors, long long rows,
                           const at::TensorOptions& options) {
-  if (!anchors.has_value()) return at::ones({z.size(0)}, options);
-  const at::Tensor& a = *anchors;
-  check_anchors(op, a, z);
-  return at::zeros({z.size(0)}, options).index_add_(0, a, at::ones({a.numel()}, options));
+  if (!anchors.has_value()) return at::ones({rows}, options);
+  const at::Tensor a = checked_anchors(op, *anchors, rows);
+  return at::zeros({rows}, options).index_add_(0, a, at::ones({a.numel()}, options));
 }
 
 // The default tile: kMaxTile rows, smaller when that leaves fewer than ~2 tiles per thread.
@@ -65,18 +65,20 @@ std::vector<std::pair<long long, long long>> upper_tiles_with_anchors(const std:
 // Which row blocks of `tile` rows hold at least one anchor.
 std::vector<bool> blocks_with_anchors(const at::Tensor& weight, long long tile) {
   const long long rows = weight.size(0);
-  const at::Tensor any = (weight > 0).to(at::kFloat);
-  std::vector<bool> has;
-  for (long long i0 = 0; i0 < rows; i0 += tile) {
-    has.push_back(any.narrow(0, i0, std::min(tile, rows - i0)).sum().item<float>() > 0);
+  const at::Tensor is_anchor = (weight > 0).contiguous();
+  const bool* flag = is_anchor.const_data_ptr<bool>();
+  std::vector<bool> has((rows + tile - 1) / tile, false);
+  for (long long a = 0; a < rows; ++a) {
+    if (flag[a]) has[a / tile] = true;
   }
   return has;
 }
 
 // How many workers walk the tiles: one per thread, each with its own (n x d) gradient
-// accumulator beyond the first, within kWorkerMemory; never more than there are tiles.
-int worker_count(long long n, long long d, size_t elem_size, size_t tiles) {
-  const long long per_worker = n * d * static_cast<long long>(elem_size);
+// accumulator beyond the first (when there is a gradient), within kWorkerMemory; never more than
+// there are tiles.
+int worker_count(long long n, long long d, size_t elem_size, size_t tiles, bool gradient) {
+  const long long per_worker = gradient ? n * d * static_cast<long long>(elem_size) : 0;
   const long long extra = std::max<long long>(0, kWorkerMemory / std::max<long long>(per_worker, 1));
   const long long workers = std::min<long long>({at::get_num_threads(), 1 + extra, static_cast<long long>(tiles)});
   return static_cast<int>(std::max<long long>(1, workers));
@@ -100,21 +102,24 @@ void for_each_round_robin(int workers, size_t count, Fn&& fn) {
 template <class S>
 struct Worker {
   at::Tensor tile;    // tile * tile
-  at::Tensor grad;    // (n, d); worker 0 writes into the op's dx directly
+  at::Tensor grad;    // (n, d); worker 0 writes into the op's dx directly; undefined without dx
   at::Tensor degree;  // (n,) Σ of W over row a and column a (Gaussian similarity)
   at::Tensor row_wsum;
   std::vector<double> row_value;
   double total = 0.0;
 };
 
+// dx: the gradient accumulator of the rows x, or undefined when no gradient is computed.
 template <class S>
-std::vector<Worker<S>> make_workers(int workers, at::Tensor& dx, long long tile) {
+std::vector<Worker<S>> make_workers(int workers, const at::Tensor& x, at::Tensor& dx, long long tile) {
   std::vector<Worker<S>> ws(workers);
   for (int w = 0; w < workers; ++w) {
-    ws[w].tile = at::empty({tile * tile}, dx.options());
-    ws[w].grad = w == 0 ? dx : at::zeros_like(dx);
-    ws[w].degree = at::zeros({dx.size(0)}, dx.options());
-    ws[w].row_wsum = at::empty({tile}, dx.options());
+    ws[w].tile = at::empty({tile * tile}, x.options());
+    if (dx.defined()) {
+      ws[w].grad = w == 0 ? dx : at::zeros_like(dx);
+      ws[w].degree = at::zeros({x.size(0)}, x.options());
+    }
+    ws[w].row_wsum = at::empty({tile}, x.options());
     ws[w].row_value.assign(tile, 0.0);
   }
   return ws;
@@ -148,18 +153,19 @@ PairTile<S> gram_tile(const at::Tensor& x, at::Tensor& buffer, long long i0, lon
   return t;
 }
 
-// Σ over anchors of the weighted f-MICL terms (or uniformity sums) of the rows x, and the
-// gradient added into dx. x, weight, dx: (n, d), (n,), (n, d) of dtype S.
+// Σ over anchors of the weighted pair terms (f-MICL's, or the uniformity's) of the rows x, and
+// its gradient added into dx unless dx is undefined. x, weight, dx: (n, d), (n,), (n, d) of dtype S.
 template <class S>
-double fmicl_sum(const FmiclParams& p, const at::Tensor& x, const at::Tensor& weight, at::Tensor& dx,
-                 long long tile) {
+double pair_term_sum(const PairTermParams& p, const at::Tensor& x, const at::Tensor& weight, at::Tensor& dx,
+                     long long tile) {
   const TileKernels<S>& kernels = best_tile_kernels<S>();
   const long long n = x.size(0);
+  const bool gradient = dx.defined();
   const bool gaussian = p.similarity == Similarity::kGaussian;
   const at::Tensor norm_sq = (x * x).sum(1).contiguous();  // (n,)
   const auto tiles = upper_tiles_with_anchors(blocks_with_anchors(weight, tile), n, tile);
-  const int workers = worker_count(n, x.size(1), sizeof(S), tiles.size());
-  std::vector<Worker<S>> ws = make_workers<S>(workers, dx, tile);
+  const int workers = worker_count(n, x.size(1), sizeof(S), tiles.size(), gradient);
+  std::vector<Worker<S>> ws = make_workers<S>(workers, x, dx, tile);
 
   for_each_round_robin(workers, tiles.size(), [&](int wi, size_t k) {
     Worker<S>& worker = ws[wi];
@@ -168,8 +174,9 @@ double fmicl_sum(const FmiclParams& p, const at::Tensor& x, const at::Tensor& we
     PairTile<S> t = gram_tile<S>(x, worker.tile, i0, j0, tile, w);
     t.norm_sq = norm_sq.data_ptr<S>();
     t.anchor_weight = weight.data_ptr<S>();
-    kernels.fmicl_rows(p, t, worker.row_value.data(), worker.row_wsum.template data_ptr<S>(), 0, t.nrows);
+    kernels.pair_term_rows(p, t, worker.row_value.data(), worker.row_wsum.template data_ptr<S>(), 0, t.nrows);
     for (long long r = 0; r < t.nrows; ++r) worker.total += worker.row_value[r];
+    if (!gradient) return;
     accumulate_tile_gradient(worker.grad, x, w, i0, j0);
     if (gaussian) {  // log r depends on |x_a|^2 and |x_b|^2 too: d/d|x_a|^2 = -½ d/dG_ab
       worker.degree.narrow(0, i0, t.nrows).add_(worker.row_wsum.narrow(0, 0, t.nrows));
@@ -180,24 +187,26 @@ double fmicl_sum(const FmiclParams& p, const at::Tensor& x, const at::Tensor& we
   double total = 0.0;
   for (int wi = 0; wi < workers; ++wi) {
     total += ws[wi].total;
-    if (wi > 0) {
+    if (gradient && wi > 0) {
       dx.add_(ws[wi].grad);
       ws[0].degree.add_(ws[wi].degree);
     }
   }
-  if (gaussian) dx.sub_(x * ws[0].degree.unsqueeze(1));
+  if (gradient && gaussian) dx.sub_(x * ws[0].degree.unsqueeze(1));
   return total;
 }
 
+// The InfoNCE sum over the anchors (0-dim float64); its gradient added into dx unless undefined.
 template <class S>
-double infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Tensor& weight,
-                   at::Tensor& dx, long long tile) {
+at::Tensor infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Tensor& weight,
+                       at::Tensor& dx, long long tile) {
   const TileKernels<S>& kernels = best_tile_kernels<S>();
   const long long n = x.size(0);
+  const bool gradient = dx.defined();
   const std::vector<bool> has_anchor = blocks_with_anchors(weight, tile);
   const auto tiles = upper_tiles_with_anchors(has_anchor, n, tile);
-  const int workers = worker_count(n, x.size(1), sizeof(S), tiles.size());
-  std::vector<Worker<S>> ws = make_workers<S>(workers, dx, tile);
+  const int workers = worker_count(n, x.size(1), sizeof(S), tiles.size(), gradient);
+  std::vector<Worker<S>> ws = make_workers<S>(workers, x, dx, tile);
   const auto f64 = x.options().dtype(at::kDouble);
   at::Tensor row_max = at::full({n}, -std::numeric_limits<double>::infinity(), f64);
   at::Tensor row_sum = at::zeros({n}, f64);
@@ -239,9 +248,15 @@ double infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Tensor
   }
   const at::Tensor lse64 = at::where(row_max.isneginf(), std::numeric_limits<double>::infinity(),
                                      row_max + row_sum.log());
-  const at::Tensor lse = lse64.to(x.scalar_type());
+  // The positive logit C_{a,p(a)} / tau: O(M d), its -1 in the value and in the softmax gradient.
+  const at::Tensor partner = at::cat({x.narrow(0, p.half_rows, p.half_rows), x.narrow(0, 0, p.half_rows)});
+  const at::Tensor positive_logit = (x * partner).sum(1).to(at::kDouble) * p.inv_tau;
+  const at::Tensor weight64 = weight.to(at::kDouble);
+  const at::Tensor per_anchor = at::where(weight64 > 0, weight64 * (lse64 - positive_logit), 0.0);
+  if (!gradient) return per_anchor.sum() * p.anchor_scale;
 
   // Pass 2: the softmax weights, both orientations of each entry, into the gradient.
+  const at::Tensor lse = lse64.to(x.scalar_type());
   for_each_round_robin(workers, tiles.size(), [&](int wi, size_t k) {
     const auto [i0, j0] = tiles[k];
     at::Tensor w;
@@ -251,84 +266,72 @@ double infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Tensor
     accumulate_tile_gradient(ws[wi].grad, x, w, i0, j0);
   });
   for (int wi = 1; wi < workers; ++wi) dx.add_(ws[wi].grad);
-
-  // The positive logit C_{a,p(a)} / tau: O(M d), its -1 in the softmax gradient and in the value.
-  const at::Tensor partner = at::cat({x.narrow(0, p.half_rows, p.half_rows), x.narrow(0, 0, p.half_rows)});
   const at::Tensor partner_weight =
       at::cat({weight.narrow(0, p.half_rows, p.half_rows), weight.narrow(0, 0, p.half_rows)});
-  const at::Tensor positive_logit = (x * partner).sum(1).to(at::kDouble) * p.inv_tau;
   dx.sub_(partner * ((weight + partner_weight) * S(p.anchor_scale * p.inv_tau)).unsqueeze(1));
-  const at::Tensor weight64 = weight.to(at::kDouble);
-  const at::Tensor per_anchor = at::where(weight64 > 0, weight64 * (lse64 - positive_logit), 0.0);
-  return per_anchor.sum().item<double>() * p.anchor_scale;
+  return per_anchor.sum() * p.anchor_scale;
 }
 
-std::tuple<at::Tensor, at::Tensor> fmicl_fwd_bwd_cpu(const at::Tensor& z,
-                                                     const std::optional<at::Tensor>& anchors,
-                                                     c10::string_view divergence_name,
-                                                     c10::string_view similarity_name, double sigma,
-                                                     double tau, double mu, double alpha,
-                                                     double tsallis_alpha, bool normalize,
+std::tuple<at::Tensor, at::Tensor> fmicl_fwd_bwd_cpu(const at::Tensor& z, const std::optional<at::Tensor>& anchors,
+                                                     c10::string_view divergence, c10::string_view similarity,
+                                                     double sigma, double tau, double mu, double alpha,
+                                                     double tsallis_alpha, bool normalize, bool needs_grad,
                                                      int64_t tile) {
   constexpr const char* op = "fmicl_fwd_bwd";
   check_embeddings(op, z, at::kCPU);
-  const FmiclParams p = checked_fmicl_params(op, z.size(0), z.size(1), divergence_name, similarity_name, sigma,
-                                             tau, mu, alpha, tsallis_alpha);
+  const PairTermParams p =
+      checked_fmicl_params(op, z.size(0), z.size(1), divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha);
   const long long rows = z.size(0);
   const long long t = tile_rows(op, tile, rows, default_tile(rows));
   const Rows x = prepare_rows(z, normalize || p.similarity == Similarity::kCosine);
-  const at::Tensor weight = anchor_weights(op, anchors, z, x.x.options());
-  at::Tensor dx = at::zeros_like(x.x);
+  const at::Tensor weight = anchor_weights(op, anchors, rows, x.x.options());
+  at::Tensor dx = gradient_accumulator(x, needs_grad);
   double total = 0.0;
   AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
-    total = fmicl_sum<scalar_t>(p, x.x, weight, dx, t);
+    total = pair_term_sum<scalar_t>(p, x.x, weight, dx, t);
   });
-  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
-  return {at::scalar_tensor(total, z.options().dtype(at::kDouble)), grad};
+  return {at::scalar_tensor(total, z.options().dtype(at::kDouble)), returned_gradient(z, dx, x)};
 }
 
-std::tuple<at::Tensor, at::Tensor> infonce_fwd_bwd_cpu(const at::Tensor& z,
-                                                       const std::optional<at::Tensor>& anchors,
-                                                       double tau, int64_t tile) {
+std::tuple<at::Tensor, at::Tensor> infonce_fwd_bwd_cpu(const at::Tensor& z, const std::optional<at::Tensor>& anchors,
+                                                       double tau, bool needs_grad, int64_t tile) {
   constexpr const char* op = "infonce_fwd_bwd";
   check_embeddings(op, z, at::kCPU);
   FMICL_CHECK_POSITIVE(op, "tau", tau);
   const long long rows = z.size(0);
   const long long t = tile_rows(op, tile, rows, default_tile(rows));
   const Rows x = prepare_rows(z, /*normalize=*/true);
-  const at::Tensor weight = anchor_weights(op, anchors, z, x.x.options());
+  const at::Tensor weight = anchor_weights(op, anchors, rows, x.x.options());
   const InfonceParams p = infonce_params(rows, z.size(1), tau);
-  at::Tensor dx = at::zeros_like(x.x);
-  double total = 0.0;
+  at::Tensor dx = gradient_accumulator(x, needs_grad);
+  at::Tensor total;
   AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
     total = infonce_sum<scalar_t>(p, x.x, weight, dx, t);
   });
-  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
-  return {at::scalar_tensor(total, z.options().dtype(at::kDouble)), grad};
+  return {total, returned_gradient(z, dx, x)};
 }
 
 std::tuple<at::Tensor, at::Tensor> uniformity_fwd_bwd_cpu(const at::Tensor& z,
-                                                          const std::optional<at::Tensor>& anchors,
-                                                          double t, int64_t tile) {
+                                                          const std::optional<at::Tensor>& anchors, double t,
+                                                          bool needs_grad, int64_t tile) {
   constexpr const char* op = "uniformity_fwd_bwd";
   check_embeddings(op, z, at::kCPU);
   FMICL_CHECK_POSITIVE(op, "t", t);
   const long long rows = z.size(0), half = rows / 2;
   const long long tr = tile_rows(op, tile, half, default_tile(half));
   const Rows x = prepare_rows(z, /*normalize=*/true);
-  const at::Tensor weight = anchor_weights(op, anchors, z, x.x.options());
-  const FmiclParams p = uniformity_params(half, z.size(1), t);
-  at::Tensor dx = at::zeros_like(x.x);
+  const at::Tensor weight = anchor_weights(op, anchors, rows, x.x.options());
+  const PairTermParams p = uniformity_params(half, z.size(1), t);
+  at::Tensor dx = gradient_accumulator(x, needs_grad);
   at::Tensor sums = at::zeros({2}, z.options().dtype(at::kDouble));
   for (long long v = 0; v < 2; ++v) {  // each view is its own set of pairs
-    at::Tensor dx_v = dx.narrow(0, v * half, half);
+    at::Tensor dx_v = dx.defined() ? dx.narrow(0, v * half, half) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(x.x.scalar_type(), op, [&] {
-      sums[v] = fmicl_sum<scalar_t>(p, x.x.narrow(0, v * half, half),
-                                    weight.narrow(0, v * half, half).contiguous(), dx_v, tr);
+      sums[v] = pair_term_sum<scalar_t>(p, x.x.narrow(0, v * half, half),
+                                        weight.narrow(0, v * half, half).contiguous(), dx_v, tr);
     });
   }
-  at::Tensor grad = normalize_backward(dx, x).to(z.scalar_type());
-  return {sums, grad};
+  return {sums, returned_gradient(z, dx, x)};
 }
 
 }  // namespace

@@ -25,12 +25,12 @@ struct PairTile {
   const S* anchor_weight = nullptr;  // (M,) how many times row a is an anchor (0 or 1 usually)
 };
 
-// f-MICL (and the uniformity sums): W_ab = d(loss_sum)/dG_ab over the orientations the entry
-// stands for; row_value[r] = Σ_b of the weighted terms; row_wsum[r] = Σ_b W_ab (for the Gaussian
-// similarity's dependence on |x_a|^2).
+// The pair-term sums (f-MICL, the uniformity): W_ab = d(loss_sum)/dG_ab over the orientations
+// the entry stands for; row_value[r] = Σ_b of the weighted terms; row_wsum[r] = Σ_b W_ab (for the
+// Gaussian similarity's dependence on |x_a|^2).
 template <class S>
-using FmiclRowsFn = void (*)(const FmiclParams& p, const PairTile<S>& t, double* row_value,
-                             S* row_wsum, long long r_begin, long long r_end);
+using PairTermRowsFn = void (*)(const PairTermParams& p, const PairTile<S>& t, double* row_value,
+                                S* row_wsum, long long r_begin, long long r_end);
 
 // InfoNCE pass 1: merges the tile into the running log-sum-exp of each row,
 // (row_max[a], row_sum[a]) with LSE_a = row_max[a] + log(row_sum[a]); row_max starts at -inf.
@@ -54,7 +54,7 @@ using InfonceWeightsFn = void (*)(const InfonceParams& p, const PairTile<S>& t, 
 template <class S>
 struct TileKernels {
   const char* isa;
-  FmiclRowsFn<S> fmicl_rows;
+  PairTermRowsFn<S> pair_term_rows;
   InfonceStatsFn<S> infonce_stats;
   InfonceExpSumsFn<S> infonce_exp_sums;
   InfonceWeightsFn<S> infonce_weights;

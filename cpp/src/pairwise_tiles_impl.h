@@ -51,8 +51,8 @@ inline void store_n(const V& v, typename V::Scalar* p, int n) {
 }
 
 template <class V, Divergence D, Similarity Sim>
-void fmicl_rows_impl(const FmiclParams& p, const PairTile<typename V::Scalar>& t, double* row_value,
-                     typename V::Scalar* row_wsum, long long r_begin, long long r_end) {
+void pair_term_rows_impl(const PairTermParams& p, const PairTile<typename V::Scalar>& t, double* row_value,
+                         typename V::Scalar* row_wsum, long long r_begin, long long r_end) {
   using S = typename V::Scalar;
   using math::exp;
   const V log_mu(S(p.log_mu));
@@ -62,7 +62,7 @@ void fmicl_rows_impl(const FmiclParams& p, const PairTile<typename V::Scalar>& t
   const S dlogr_dgram = S(Sim == Similarity::kGaussian ? 2.0 * p.inv_two_sigma_sq : p.inv_tau);
   const S negative_value_scale = S(p.negative_scale);
   const S negative_grad_scale = S(p.negative_scale) * dlogr_dgram;
-  const bool negatives = p.negative_scale != 0.0;
+  const bool negatives = p.has_negatives();
 
   // log r of n columns starting at column c of row a (norm_a: |x_a|^2 broadcast).
   auto log_r = [&](const V& gram, const V& norm_a, long long c, int n) {
@@ -91,7 +91,7 @@ void fmicl_rows_impl(const FmiclParams& p, const PairTile<typename V::Scalar>& t
     }
 
     V value_acc(S(0)), wsum_acc(S(0));
-    // alpha = 0 drops the negative terms (not 0 * term: an overflowing term would give NaN)
+    // alpha = 0: no negative terms (PairTermParams::has_negatives)
     for_each_vector<V>(negatives ? t.ncols : 0, self_col, positive_col, [&](long long c, int n) {
       const V s = log_r(load_n<V>(g + c, n), norm_a, c, n);
       V value, dvalue;
@@ -130,15 +130,15 @@ void fmicl_rows_impl(const FmiclParams& p, const PairTile<typename V::Scalar>& t
 }
 
 template <class V>
-void fmicl_rows(const FmiclParams& p, const PairTile<typename V::Scalar>& t, double* row_value,
-                typename V::Scalar* row_wsum, long long r_begin, long long r_end) {
-#define FMICL_DIVERGENCE_CASE(D)                                                             \
-  case D:                                                                                    \
-    if (p.similarity == Similarity::kGaussian) {                                             \
-      fmicl_rows_impl<V, D, Similarity::kGaussian>(p, t, row_value, row_wsum, r_begin, r_end); \
-    } else {                                                                                 \
-      fmicl_rows_impl<V, D, Similarity::kCosine>(p, t, row_value, row_wsum, r_begin, r_end);   \
-    }                                                                                        \
+void pair_term_rows(const PairTermParams& p, const PairTile<typename V::Scalar>& t, double* row_value,
+                    typename V::Scalar* row_wsum, long long r_begin, long long r_end) {
+#define FMICL_DIVERGENCE_CASE(D, name)                                                                            \
+  case Divergence::D:                                                                                             \
+    if (p.similarity == Similarity::kGaussian) {                                                                  \
+      pair_term_rows_impl<V, Divergence::D, Similarity::kGaussian>(p, t, row_value, row_wsum, r_begin, r_end);    \
+    } else {                                                                                                      \
+      pair_term_rows_impl<V, Divergence::D, Similarity::kCosine>(p, t, row_value, row_wsum, r_begin, r_end);      \
+    }                                                                                                             \
     return;
   switch (p.divergence) {
     FMICL_FOR_EACH_DIVERGENCE(FMICL_DIVERGENCE_CASE)
@@ -225,7 +225,7 @@ void infonce_weights(const InfonceParams& p, const PairTile<typename V::Scalar>&
 
 template <class V>
 TileKernels<typename V::Scalar> make_tile_kernels(const char* isa) {
-  return {isa, &fmicl_rows<V>, &infonce_stats<V>, &infonce_exp_sums<V>, &infonce_weights<V>};
+  return {isa, &pair_term_rows<V>, &infonce_stats<V>, &infonce_exp_sums<V>, &infonce_weights<V>};
 }
 
 }  // namespace

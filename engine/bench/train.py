@@ -360,6 +360,8 @@ def run_synthetic(args, cfg, run_dir: Path) -> None:
                 group["lr"] = lr
             view1, view2 = inputs[step % 2]
             loss = objective(view1, view2)
+            if isinstance(loss, tuple):  # (loss, features for the online probe): the engine's objective
+                loss = loss[0]
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -441,6 +443,13 @@ COLUMNS = [("mode", "mode", ""), ("data", "data", ""), ("device", "device", ""),
            ("measured_steps", "steps timed", ""), ("images_per_s", "images/s", ".1f"),
            ("ms_per_step", "ms/step", ".1f"), ("data_wait_fraction", "data wait", "%"),
            ("peak_gpu_mem_gib", "peak GiB", ".2f"), ("tflops_per_process", "TFLOP/s/proc", ".3g")]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table (the columns of print_table)."""
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(row.get(key), spec) for key, _, spec in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def print_table(rows: list[dict]) -> None:

@@ -61,7 +61,8 @@ def test_a_tiny_run_writes_config_metrics_and_results(tmp_path):
     out = tmp_path / "run"
     result = cli("run", "configs/digits_kl.toml", "--out", out, "--no-progress",
                  "--set", "train.max_steps=3", "--set", "train.log_every=1", "--set", "train.batch_size=64",
-                 "--set", "model.cnn_width=4", "--set", "eval.label_subsets=1", "--set", "loss.backend=reference")
+                 "--set", "model.cnn_width=4", "--set", "eval.label_subsets=1", "--set", "loss.backend=reference",
+                 "--set", "eval.linear_epochs=3", "--set", "eval.geometry_pairs=200", "--set", "eval.mi_steps=10")
     assert result.returncode == 0, result.stderr
     results = json.loads(result.stdout.splitlines()[-1])  # the final line prints the results
     assert json.loads((out / "results.json").read_text()) == results
@@ -86,3 +87,42 @@ def test_an_overflowing_loss_exits_1_with_one_line(tmp_path, capsys):
     assert status == 1
     assert err.strip().splitlines()[-1].startswith("training error: fmicl")
     assert "sigma" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_eval_export_and_compare_from_the_command_line(tmp_path):
+    import torch
+    import torchvision
+
+    out = tmp_path / "run"
+    quick = ["--set", "train.max_steps=2", "--set", "train.batch_size=64", "--set", "model.cnn_width=4",
+             "--set", "model.arch=resnet18_cifar", "--set", "eval.linear_probe=false", "--set", "eval.knn=false",
+             "--set", "eval.linear_epochs=0", "--set", "eval.geometry_pairs=0", "--set", "loss.backend=reference"]
+    assert cli("run", "configs/digits_kl.toml", "--out", out, "--no-progress", *quick).returncode == 0
+    evaluated = cli("eval", "configs/digits_kl.toml", "--checkpoint", out, "--out", tmp_path / "eval",
+                    "--set", "model.arch=resnet18_cifar", "--set", "eval.knn_k=10", "--set", "eval.linear_epochs=2",
+                    "--set", "eval.geometry_pairs=100", "--set", "eval.mi_steps=10")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["step"] == 2 and 0 <= report["knn_top1"] <= 1 and "knn" in report["protocol"]
+    assert (tmp_path / "eval" / "figures" / "alignment_uniformity.png").stat().st_size > 1000
+
+    exported = cli("export", out, "--out", tmp_path / "encoder.pt")
+    assert exported.returncode == 0, exported.stderr
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # the run's 1-channel CIFAR stem
+    net.maxpool = torch.nn.Identity()
+    missing, unexpected = net.load_state_dict(torch.load(tmp_path / "encoder.pt", weights_only=True), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+
+    compared = cli("compare", out, tmp_path / "eval", "--out", tmp_path / "compare")
+    assert compared.returncode == 0, compared.stderr
+    assert "| run |" in (tmp_path / "compare" / "compare.md").read_text()
+
+
+def test_a_run_time_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    out = tmp_path / "file"
+    out.write_text("not a directory")
+    result = cli("run", "configs/digits_kl.toml", "--out", out / "run", "--set", "train.max_steps=1")
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    debug = cli("--debug", "run", "configs/digits_kl.toml", "--out", out / "run", "--set", "train.max_steps=1")
+    assert "Traceback" in debug.stderr

@@ -2,11 +2,12 @@
 data path names its key; the digits configs, now extending base/digits.toml, resolve exactly as
 the stand-alone files did before."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from fmicl_engine.config import ConfigError, dumps_config, load_config, read_config_file
+from fmicl_engine.config import ConfigError, config_from_dict, dumps_config, load_config, read_config_file
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_FILES = sorted(CONFIGS.glob("*.toml"))
@@ -192,7 +193,31 @@ DIGITS_LOSS_RESOLVED = {
 }
 
 
+def dotted(toml_text: str) -> dict:
+    """{"section.key": value} of a config's TOML text."""
+    values = {}
+
+    def walk(table: dict, prefix: str) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(value, prefix + key + ".")
+            else:
+                values[prefix + key] = value
+
+    walk(tomllib.loads(toml_text), "")
+    return values
+
+
 @pytest.mark.parametrize("stem", sorted(DIGITS_LOSS_RESOLVED))
 def test_digits_configs_resolve_as_before_they_extended_a_base(stem):
-    expected = DIGITS_RESOLVED.format(stem=stem, loss=DIGITS_LOSS_RESOLVED[stem])
-    assert dumps_config(load_config(CONFIGS / f"{stem}.toml")) == expected
+    expected = dotted(DIGITS_RESOLVED.format(stem=stem, loss=DIGITS_LOSS_RESOLVED[stem]))
+    resolved = dotted(dumps_config(load_config(CONFIGS / f"{stem}.toml")))
+    absent = object()
+    # every key the stand-alone file resolved to keeps its value
+    assert {key: resolved.get(key, absent) for key in expected} == expected
+    # a key the schema (or an objective) gained since resolves to its default
+    objective = {key.removeprefix("loss."): value for key, value in expected.items()
+                 if key in ("loss.name", "loss.bound", "loss.critic")}
+    defaults = dotted(dumps_config(config_from_dict({"loss": objective}, stem=stem)))
+    added = {key: value for key, value in resolved.items() if key not in expected}
+    assert added == {key: defaults.get(key, absent) for key in added}

@@ -13,37 +13,66 @@ from fmicl_engine.data import image_index as image_index_module
 from fmicl_engine.data.synthetic import make_image_folder
 
 
+def cached_indexes(directory):
+    return sorted(directory.glob("size_index-*.npz"))
+
+
 def test_index_lists_classes_reads_sizes_and_caches(tmp_path, monkeypatch):
-    paths = make_image_folder(tmp_path, num_classes=3, per_class=4, seed=2)
-    (tmp_path / "class_1" / "notes.txt").write_text("not a sample")  # ignored, as ImageFolder
-    index = build_image_index(root=str(tmp_path))
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    monkeypatch.setenv("FMICL_CACHE_DIR", str(cache))
+    paths = make_image_folder(data, num_classes=3, per_class=4, seed=2)
+    (data / "class_1" / "notes.txt").write_text("not a sample")  # ignored, as ImageFolder
+    index = build_image_index(root=str(data))
     assert index.classes == ["class_0", "class_1", "class_2"]
     assert index.paths == paths
     assert index.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     for path, w, h in zip(paths, index.widths, index.heights):
         assert Image.open(path).size == (w, h)
-    assert (tmp_path / image_index_module.CACHE_NAME).is_file()
+    assert len(cached_indexes(cache)) == 1
 
     def no_header_reads(path):
         raise AssertionError("the cached index should be used")
     monkeypatch.setattr(image_index_module, "_header_size", no_header_reads)
-    cached = build_image_index(root=str(tmp_path))
+    cached = build_image_index(root=str(data))
     assert cached.paths == index.paths and np.array_equal(cached.widths, index.widths)
 
     # A changed tree invalidates the cache.
     monkeypatch.undo()
+    monkeypatch.setenv("FMICL_CACHE_DIR", str(cache))
     os.remove(paths[0])
-    assert len(build_image_index(root=str(tmp_path))) == 11
+    assert len(build_image_index(root=str(data))) == 11
+    assert len(cached_indexes(cache)) == 1
 
 
-def test_read_only_dataset_caches_in_the_cache_dir(tmp_path, monkeypatch):
-    data = tmp_path / "data"
+def test_the_index_is_cached_outside_the_dataset(tmp_path, monkeypatch):
+    # Shared dataset folders are often read-only: the dataset is only read, and each dataset
+    # root has its own index in the cache directory.
+    data, other = tmp_path / "data", tmp_path / "other"
     make_image_folder(data, num_classes=1, per_class=2)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(image_index_module.os, "access", lambda path, mode: False)
+    make_image_folder(other, num_classes=1, per_class=2)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    monkeypatch.delenv("FMICL_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     build_image_index(root=str(data))
-    assert not (data / image_index_module.CACHE_NAME).exists()
-    assert len(list((tmp_path / "cache" / "fmicl_engine").glob("size_index-*.npz"))) == 1
+    build_image_index(root=str(other))
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    default = tmp_path / "xdg" / "fmicl_engine"
+    assert image_index_module.cache_directory() == default
+    assert [p.name.split("-")[1] for p in cached_indexes(default)] == ["data", "other"]
+
+    monkeypatch.setenv("FMICL_CACHE_DIR", str(tmp_path / "env"))
+    build_image_index(root=str(data))
+    assert len(cached_indexes(tmp_path / "env")) == 1
+    build_image_index(root=str(data), cache_dir=str(tmp_path / "given"))  # configured: wins
+    assert len(cached_indexes(tmp_path / "given")) == 1
+
+
+def test_an_unwritable_cache_only_warns(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "data", num_classes=1, per_class=2)
+    (tmp_path / "file").write_text("a file where the cache directory would be")
+    with pytest.warns(RuntimeWarning, match="could not cache the image size index"):
+        index = build_image_index(root=str(tmp_path / "data"), cache_dir=str(tmp_path / "file"))
+    assert len(index) == 2
 
 
 def test_file_list(tmp_path):
@@ -77,8 +106,13 @@ def test_non_image_file_is_skipped_and_counted_or_an_error(tmp_path):
     with pytest.warns(RuntimeWarning, match="broken.jpg"):
         index = build_image_index(root=str(tmp_path))
     assert len(index) == 6 and index.skipped == [str(bad)]
-    with pytest.raises(BadImageFileError, match="broken.jpg"):
+    with pytest.raises(BadImageFileError, match="broken.jpg") as info:
         build_image_index(root=str(tmp_path), on_bad_file="error")
+    # One line, naming the file and the key that skips such files (the CLI prints it as is).
+    message = str(info.value)
+    assert "\n" not in message and info.value.path == str(bad)
+    assert message.startswith(f"unreadable or non-image file {bad}: ")
+    assert message.endswith('(set data.imagefolder.on_bad_file = "skip" to skip such files)')
 
 
 def test_corrupt_jpeg_body_is_skipped_during_decoding(tmp_path):
@@ -101,6 +135,8 @@ def test_corrupt_jpeg_body_is_skipped_during_decoding(tmp_path):
 
     strict = build_two_view_loader(root=str(tmp_path), recipe="simclr", image_size=16,
                                    batch_size=3, seed=4, drop_last=False, on_bad_file="error")
-    with warnings.catch_warnings(), pytest.raises(BadImageFileError, match="00002.jpg"):
+    with warnings.catch_warnings(), pytest.raises(BadImageFileError, match="00002.jpg") as info:
         warnings.simplefilter("ignore")
         list(strict)
+    assert "\n" not in str(info.value) and info.value.path == str(truncated)
+    assert "data.imagefolder.on_bad_file" in str(info.value)

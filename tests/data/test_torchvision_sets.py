@@ -231,6 +231,9 @@ def test_the_cifar10_config_trains_on_a_generated_copy(roots, tmp_path):
     cfg = load_config(config, [f"data.torchvision.root={roots['cifar10']}", "data.torchvision.num_workers=0",
                                "run.device=cpu", "train.batch_size=8", "train.max_steps=2", "train.log_every=1",
                                "model.projector_hidden_dim=16", "model.projector_out_dim=8",
+                               "eval.knn_k=5", "eval.linear_epochs=2", "eval.geometry_pairs=0",
                                f"run.out_dir={tmp_path / 'run'}"])
     results = loop.run(cfg, log=lambda s: None, progress=False)
     assert results["steps"] == 2 and results["dataset"] == "cifar10" and results["final_loss"] is not None
+    assert 0.0 <= results["knn_top1"] <= results["knn_top5"] <= 1.0  # on the generated test split
+    assert 0.0 <= results["linear_top1"] <= 1.0

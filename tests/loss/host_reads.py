@@ -1,8 +1,12 @@
-"""``host_reads()``: record every read of a tensor's value on the host (on a GPU, a host-device sync).
+"""Record every read of a tensor's value on the host (on a GPU, a host-device sync).
 
-Python-level reads only: the Tensor methods and torch functions below are wrapped for the block, in
-every thread (so a Python ``backward`` is seen too). A read inside C++ (an op's own ``item()``) is
-not seen; on a GPU, ``torch.cuda.set_sync_debug_mode("error")`` catches those.
+``host_reads()``: the Python-level reads: the Tensor methods and torch functions below are wrapped
+for the block, in every thread (so a Python ``backward`` is seen too).
+
+``native_reads()``: the reads made by ATen ops, also from inside C++ (a custom op's own
+``item()``): the block runs under the profiler, which sees every dispatched op in every thread,
+nested ones included. C++ that reads a tensor's memory without an ATen op (``data_ptr``) is not
+seen; on a GPU, ``torch.cuda.set_sync_debug_mode("error")`` catches that too.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import functools
 import sys
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 READS = {
     torch.Tensor: ("item", "tolist", "numpy", "cpu", "nonzero", "argwhere", "masked_select", "unique",
@@ -48,3 +53,24 @@ def host_reads():
                 delattr(owner, name)  # inherited (torch.Tensor's from TensorBase): inherit it again
             else:
                 setattr(owner, name, own)
+
+
+# The ATen ops that read a value on the host: item() and bool() end in _local_scalar_dense, the
+# others size their output (or answer) from the data.
+NATIVE_READS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique",
+                "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive", "aten::equal")
+
+
+@contextlib.contextmanager
+def native_reads():
+    """Yield a list, filled when the block ends with 'op (in outer op < ...)' for each native read."""
+    reads: list[str] = []
+    with profile(activities=[ProfilerActivity.CPU]) as recorded:
+        yield reads
+    for event in recorded.events():
+        if event.name in NATIVE_READS:
+            outer, parent = [], event.cpu_parent
+            while parent is not None:
+                outer.append(parent.name)
+                parent = parent.cpu_parent
+            reads.append(f"{event.name} (in {' < '.join(outer) or 'Python'})")

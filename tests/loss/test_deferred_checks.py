@@ -1,17 +1,18 @@
 """DeferredFiniteChecks: no host read on the loss path inside it; check() raises what the immediate
-checks would have raised, then resets.
+checks would have raised, then resets; each check runs once per call.
 
 Every objective the training engine builds (build_loss, as train/loop.py does) runs forward and
-backward under host_reads(): inside the context nothing reads a tensor's value on the host, and the
-same run without it is seen reading (so the guard can fail). The distributed path (gather_distributed,
-the all-reduced check) is in test_distributed_loss.py.
+backward under host_reads() and native_reads(): inside the context nothing reads a tensor's value on
+the host, neither in Python nor in an ATen op (the fused ops' C++ included), and the same run
+without it is seen reading (so the guard can fail). The distributed path (gather_distributed, the
+all-reduced check) is in test_distributed_loss.py.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from host_reads import host_reads
+from host_reads import host_reads, native_reads
 
 from fmicl_engine.loss import (DeferredFiniteChecks, LossArgumentError, NonFiniteLossError, build_loss, emmi_loss,
                                fmicl_loss, infonce_loss)
@@ -44,14 +45,15 @@ def views(dtype=torch.float32):
 
 
 def training_step(case, dtype=torch.float32):
-    """A loss built as the engine builds it, forward and backward; the host reads seen meanwhile."""
+    """A loss built as the engine builds it, forward and backward; the host reads seen meanwhile
+    (Python's, then the ATen ops')."""
     name, keywords = case
     loss_fn = build_loss(name, **keywords)
     z1, z2 = views(dtype)
-    with host_reads() as reads:
+    with native_reads() as native, host_reads() as reads:
         loss = loss_fn(z1, z2)
         loss.backward()
-    return loss.detach(), reads
+    return loss.detach(), reads + native
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -65,9 +67,31 @@ def test_deferred_checks_read_nothing_on_the_host(case, dtype):
 
 
 @pytest.mark.parametrize("case", ENGINE_OBJECTIVES, ids=objective_id)
+def test_each_value_check_runs_once(case, monkeypatch):
+    recorded = []
+    record = DeferredFiniteChecks.record
+    monkeypatch.setattr(DeferredFiniteChecks, "record",
+                        lambda self, bad, failure, value=None: recorded.append(failure) or record(self, bad, failure,
+                                                                                                   value))
+    with DeferredFiniteChecks():
+        training_step(case)
+    messages = [failure.message for failure in recorded]
+    assert len(set(messages)) == len(messages), "a check ran twice:\n" + "\n".join(messages)
+    if case[0] in ("fmicl", "infonce", "align_uniform") and case[1]["backend"] == "fused":
+        assert any("gradient of the fused loss" in m for m in messages)  # z1, z2, the gradient, the loss
+        assert len(messages) == 4, messages
+
+
+@pytest.mark.parametrize("case", ENGINE_OBJECTIVES, ids=objective_id)
 def test_immediate_checks_are_seen_reading(case):
     _, reads = training_step(case)
     assert any("validation.py" in read for read in reads), reads
+
+
+def test_native_guard_sees_reads_inside_an_op():
+    with native_reads() as reads:
+        torch.linalg.cholesky(torch.eye(3))  # checks its info flag on the host, in C++
+    assert reads == ["aten::_local_scalar_dense (in aten::item < aten::_linalg_check_errors < aten::linalg_cholesky)"]
 
 
 def test_guard_sees_reads_in_a_python_backward():
@@ -97,7 +121,7 @@ def _nan_row(z):
 
 def _half_views():  # f-MICL SH, sigma 0.25: a finite loss whose float16 gradient overflows
     g = torch.Generator().manual_seed(4)
-    return torch.randn(2, 6, 5, generator=g, dtype=torch.float64).half().unbind()
+    return [z.requires_grad_() for z in torch.randn(2, 6, 5, generator=g, dtype=torch.float64).half().unbind()]
 
 
 FAILING = {  # name -> (a call that fails, the error's argument)

@@ -10,22 +10,24 @@ distributed.py inside the workers. Real DDP runs of the public losses with
 gather_distributed=True check the parameter gradients against one process; float16 inputs check
 that the uniformity runs in float32 and that an overflowing gradient is refused on every rank. Everything runs on
 gloo (CPU); with two GPUs, again on NCCL with the CUDA kernels. Inside DeferredFiniteChecks(group)
-the distributed path reads nothing on the host and check() raises on every rank.
+the distributed path reads nothing on the host (neither in Python nor in an ATen op, the fused ops'
+C++ included) and check() raises on every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from host_reads import host_reads
+from host_reads import host_reads, native_reads
 
 from fmicl_engine import _ext
-from fmicl_engine.loss import DeferredFiniteChecks, NonFiniteLossError, distributed, functional, fused, reference
+from fmicl_engine.loss import DeferredFiniteChecks, NonFiniteLossError, distributed, functional, fused, ops, reference
 from fmicl_engine.loss.validation import check_finite_loss
 
 WORLD = 2
@@ -35,8 +37,8 @@ N_LOCAL, DIM, IN_DIM = 3, 5, 7
 def _fmicl_case(divergence, similarity, sigma=0.8, tau=0.5, mu=1.0, alpha=1.0, tsallis_alpha=1.5, normalize=True):
     hp = dict(divergence=divergence, similarity=similarity, sigma=sigma, tau=tau, mu=mu, alpha=alpha,
               tsallis_alpha=tsallis_alpha, normalize=normalize)
-    op_args = (divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha, normalize, 0)
-    return "fmicl_fwd_bwd", op_args, lambda z1, z2: reference.fmicl(z1, z2, **hp)
+    loss = functools.partial(distributed.gathered_loss, functools.partial(ops.fmicl_fwd_bwd, **hp))
+    return loss, lambda z1, z2: reference.fmicl(z1, z2, **hp)
 
 
 def _uniformity_reference(z1, z2, t):
@@ -45,15 +47,18 @@ def _uniformity_reference(z1, z2, t):
     return both - reference.align_uniform(z1, z2, align_alpha=2.0, t=t, lambda_uniform=0.0)
 
 
-# name -> (op name, op arguments after `anchors`, reference loss of the global batch)
+# name -> (distributed loss of this rank's views, reference loss of the global batch)
 CASES = {
     "fmicl-kl-gaussian": _fmicl_case("kl", "gaussian"),
     "fmicl-js-cosine": _fmicl_case("js", "cosine", tau=0.4),
     "fmicl-vlc-gaussian-mu-alpha": _fmicl_case("vlc", "gaussian", sigma=1.2, mu=1.3, alpha=0.7),
     "fmicl-pearson-gaussian-raw": _fmicl_case("pearson", "gaussian", sigma=2.0, normalize=False),
     "fmicl-tsallis-cosine": _fmicl_case("tsallis", "cosine", tau=0.6, tsallis_alpha=2.5),
-    "infonce": ("infonce_fwd_bwd", (0.2, 0), lambda z1, z2: reference.infonce(z1, z2, tau=0.2, normalize=True)),
-    "uniformity": ("uniformity_fwd_bwd", (2.0, 0), lambda z1, z2: _uniformity_reference(z1, z2, 2.0)),
+    "fmicl-kl-cosine-alpha-0": _fmicl_case("kl", "cosine", tau=0.05, alpha=0.0),
+    "infonce": (functools.partial(distributed.gathered_loss, functools.partial(ops.infonce_fwd_bwd, tau=0.2)),
+                lambda z1, z2: reference.infonce(z1, z2, tau=0.2, normalize=True)),
+    "uniformity": (functools.partial(distributed.gathered_uniformity, functools.partial(ops.uniformity_fwd_bwd, t=2.0)),
+                   lambda z1, z2: _uniformity_reference(z1, z2, 2.0)),
 }
 MUTANT_CASE = "fmicl-kl-gaussian"
 
@@ -85,17 +90,17 @@ def _rank_major_layout(rows, world):  # the gathered [z1; z2] blocks left rank-m
     return rows
 
 
-def _rank_major_anchors(rank, world, n, device):  # this rank's own rows in that layout
-    return torch.arange(2 * n, dtype=torch.int64, device=device) + rank * 2 * n
+def _rank_major_anchors(rank, world, n):  # this rank's own rows in that layout
+    return torch.arange(2 * n, dtype=torch.int64) + rank * 2 * n
 
 
-def _local_anchors(rank, world, n, device):  # local indices: every rank takes rank 0's anchors
-    local = torch.arange(n, dtype=torch.int64, device=device)
+def _local_anchors(rank, world, n):  # local indices: every rank takes rank 0's anchors
+    local = torch.arange(n, dtype=torch.int64)
     return torch.cat([local, local + world * n])
 
 
-def _all_anchors(rank, world, n, device):  # every rank computes every anchor
-    return torch.arange(2 * world * n, dtype=torch.int64, device=device)
+def _all_anchors(rank, world, n):  # every rank computes every anchor
+    return torch.arange(2 * world * n, dtype=torch.int64)
 
 
 MUTANTS = {
@@ -125,13 +130,21 @@ def swapped(module, replacements):
 # --- the ranks -----------------------------------------------------------------------------
 def run_rank(case, rank, device):
     """This rank's (returned value, grad of its z1 rows, grad of its z2 rows), on the CPU."""
-    op_name, op_args, _ = CASES[case]
+    loss_fn, _ = CASES[case]
     z1g, z2g = global_batch()
     z1 = z1g[rows_of(rank)].to(device).requires_grad_()
     z2 = z2g[rows_of(rank)].to(device).requires_grad_()
-    loss = distributed.distributed_pairwise_loss(op_name, z1, z2, op_args)
+    loss = loss_fn(z1, z2)
     loss.backward()
     return loss.detach().cpu(), z1.grad.cpu(), z2.grad.cpu()
+
+
+def no_grad_value(case, rank, device):
+    """This rank's returned value under no_grad: the ops then compute no gradient."""
+    loss_fn, _ = CASES[case]
+    z1g, z2g = global_batch()
+    with torch.no_grad():
+        return loss_fn(z1g[rows_of(rank)].to(device).requires_grad_(), z2g[rows_of(rank)].to(device)).cpu()
 
 
 def make_encoder():
@@ -179,7 +192,7 @@ def half_global_batch():
 def run_half_uniformity(rank, device):
     rows = slice(rank * HALF_N_LOCAL, (rank + 1) * HALF_N_LOCAL)
     z1, z2 = (z[rows].to(device).requires_grad_() for z in half_global_batch())
-    loss = distributed.distributed_pairwise_loss("uniformity_fwd_bwd", z1, z2, (HALF_T, 0))
+    loss = distributed.gathered_uniformity(functools.partial(ops.uniformity_fwd_bwd, t=HALF_T), z1, z2)
     loss.backward()
     return loss.detach().cpu(), z1.grad.cpu(), z2.grad.cpu()
 
@@ -204,7 +217,7 @@ def overflow_errors(rank, device):
     share = torch.full((2, DIM), float("inf") if rank == 1 else 1.0, device=device)
     return {
         "public-loss": raised(lambda: functional.fmicl_loss(z1, z2, **OVERFLOW_HP, gather_distributed=True)),
-        "one-rank-share": raised(lambda: fused._check_finite_gradient(share, "fmicl", "sigma", dist.group.WORLD)),
+        "one-rank-share": raised(lambda: fused.check_finite_gradient(share, "fmicl", "sigma", dist.group.WORLD)),
         "one-rank-loss": raised(lambda: check_finite_loss(
             torch.tensor(float("inf") if rank == 1 else 1.0, device=device), "fmicl", scale="sigma",
             group=dist.group.WORLD)),
@@ -213,8 +226,8 @@ def overflow_errors(rank, device):
 
 def deferred_errors(rank, device):
     """overflow_errors' cases inside DeferredFiniteChecks(group): what each check() raises, the
-    host reads of the distributed losses' forward and backward, and the all-reduces of f-MICL's
-    (none: its loss has none, and the checks wait for check())."""
+    host reads (Python's and the ATen ops') of the distributed losses' forward and backward, and
+    the all-reduces of f-MICL's (none: its loss has none, and the checks wait for check())."""
     z1, z2 = (z[rows_of(rank)].to(device).requires_grad_() for z in overflow_batch())
     found = {"all-reduces": 0}
 
@@ -224,7 +237,7 @@ def deferred_errors(rank, device):
 
     _all_reduce = dist.all_reduce
     with DeferredFiniteChecks(group=dist.group.WORLD) as checks:
-        with host_reads() as reads:
+        with native_reads() as native, host_reads() as reads:
             with swapped(dist, {"all_reduce": counted_all_reduce}):
                 functional.fmicl_loss(z1, z2, **OVERFLOW_HP, gather_distributed=True).backward()
             for loss_fn in PUBLIC_LOSSES.values():
@@ -234,7 +247,7 @@ def deferred_errors(rank, device):
                           scale="sigma", group=dist.group.WORLD)
         found["one-rank-loss"] = raised(checks.check)
         found["after-reset"] = raised(checks.check)
-    found["reads"] = reads
+    found["reads"] = reads + native
     return found
 
 
@@ -245,6 +258,7 @@ def _worker(rank, backend, init_file, out_dir):
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         results = {case: run_rank(case, rank, device) for case in CASES}
+        results["no-grad"] = {case: no_grad_value(case, rank, device) for case in CASES}
         for name, replacements in MUTANTS.items():
             with swapped(distributed, replacements):
                 results["mutant:" + name] = run_rank(MUTANT_CASE, rank, device)
@@ -296,7 +310,7 @@ def close(a, b):
 def mismatch(per_rank, case):
     """'' when the mean of the ranks' values is the global loss and rank r's row gradients / W are
     the global ones; otherwise what differs."""
-    _, _, reference_loss = CASES[case]
+    _, reference_loss = CASES[case]
     z1g, z2g = (z.clone().requires_grad_() for z in global_batch())
     loss = reference_loss(z1g, z2g)
     grad1, grad2 = torch.autograd.grad(loss, (z1g, z2g))
@@ -314,6 +328,12 @@ def mismatch(per_rank, case):
 @pytest.mark.parametrize("case", CASES)
 def test_two_ranks_equal_one_process(rank_results, case):
     assert not mismatch([r[case] for r in rank_results], case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_no_grad_gives_the_same_value(rank_results, case):
+    for r in rank_results:
+        torch.testing.assert_close(r["no-grad"][case], r[case][0], rtol=1e-14, atol=0)
 
 
 def test_uniformity_value_is_the_global_loss_on_every_rank(rank_results):
@@ -339,7 +359,7 @@ def test_ddp_parameter_gradients_equal_one_process(rank_results, loss_name):
 def test_float16_uniformity_runs_in_float32(rank_results):
     z1g, z2g = half_global_batch()
     # in float16 the op's gradient of the pair sums overflows: the inputs test the cast
-    _, grad_sums = torch.ops.fmicl.uniformity_fwd_bwd(torch.cat([z1g, z2g]), None, HALF_T, 0)
+    _, grad_sums = ops.uniformity_fwd_bwd(torch.cat([z1g, z2g]), t=HALF_T, needs_grad=True)
     assert not torch.isfinite(grad_sums).all()
     z1w, z2w = (z.double().requires_grad_() for z in (z1g, z2g))  # the same float16 values, widened
     loss = _uniformity_reference(z1w, z2w, HALF_T)
@@ -352,9 +372,14 @@ def test_float16_uniformity_runs_in_float32(rank_results):
             torch.testing.assert_close(got.double() / WORLD, want, rtol=2e-3, atol=1e-3 * want.abs().max().item())
 
 
+def single_process_overflow():
+    """The error of the global batch in one process (the gradient is computed: the views need one)."""
+    z1g, z2g = (z.requires_grad_() for z in overflow_batch())
+    return raised(lambda: functional.fmicl_loss(z1g, z2g, **OVERFLOW_HP, backend="fused"))
+
+
 def test_overflow_is_refused_on_every_rank(rank_results):
-    z1g, z2g = overflow_batch()
-    single = raised(lambda: functional.fmicl_loss(z1g, z2g, **OVERFLOW_HP, backend="fused"))
+    single = single_process_overflow()
     assert single is not None and "gradient" in single[1]  # the loss is finite, its gradient is not
     for overflow in (r["overflow"] for r in rank_results):
         assert overflow["public-loss"] == single
@@ -365,15 +390,14 @@ def test_overflow_is_refused_on_every_rank(rank_results):
 def test_needs_a_process_group():
     z = torch.randn(2, 3)
     with pytest.raises(RuntimeError, match="init_process_group"):
-        distributed.distributed_pairwise_loss("infonce_fwd_bwd", z, z, (0.5, 0))
+        distributed.gathered_loss(functools.partial(ops.infonce_fwd_bwd, tau=0.5), z, z)
 
 
 DEFERRED_NOTE = " (a deferred check: it happened within the steps since the last check)"
 
 
 def test_deferred_checks_read_nothing_and_raise_on_every_rank(rank_results):
-    z1g, z2g = overflow_batch()
-    argument, message = raised(lambda: functional.fmicl_loss(z1g, z2g, **OVERFLOW_HP, backend="fused"))
+    argument, message = single_process_overflow()
     deferred = [r["deferred"] for r in rank_results]
     for found in deferred:
         assert found["reads"] == [] and found["all-reduces"] == 0

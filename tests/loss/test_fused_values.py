@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from fmicl_engine.loss import NonFiniteLossError, align_uniform_loss, fused, reference
+from fmicl_engine.loss import NonFiniteLossError, align_uniform_loss, fmicl_loss, fused, reference
 
 DIVERGENCES = ["kl", "js", "pearson", "sh", "tsallis", "vlc"]
 SIMILARITIES = ["gaussian", "cosine"]
@@ -178,7 +178,7 @@ def test_fmicl_small_and_large_scales(divergence, scale):
         assert_close_to_reference("fmicl", hp, z1, z2, seed, rtol=1e-10)
     else:  # the term overflows float64: both backends must refuse it, naming the scale
         with pytest.raises(NonFiniteLossError) as info:
-            fused.pairwise_loss("fmicl", z1, z2, tile=TILE, **hp)
+            fmicl_loss(z1, z2, backend="fused", **hp)
         assert info.value.argument == ("sigma" if similarity == "gaussian" else "tau")
 
 
@@ -204,10 +204,10 @@ def test_uniformity_small_and_large_t(t):
 def test_overflow_raises_non_finite_error_naming_the_scale():
     z1, z2, _ = fresh_views(dtype=torch.float32)
     with pytest.raises(NonFiniteLossError, match="sigma") as info:  # SH: r^(-1/2) = e^(D / 4 sigma^2)
-        fused.pairwise_loss("fmicl", z1, -z1, tile=TILE, **fmicl_hp("sh", "gaussian", sigma=0.05))
+        fmicl_loss(z1, -z1, backend="fused", **fmicl_hp("sh", "gaussian", sigma=0.05))
     assert info.value.argument == "sigma"
     with pytest.raises(NonFiniteLossError, match="tau") as info:  # Pearson: r^2 = e^(2 C / tau)
-        fused.pairwise_loss("fmicl", z1, z1, tile=TILE, **fmicl_hp("pearson", "cosine", tau=0.01))
+        fmicl_loss(z1, z1, backend="fused", **fmicl_hp("pearson", "cosine", tau=0.01))
     assert info.value.argument == "tau"
 
 

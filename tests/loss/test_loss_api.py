@@ -213,7 +213,11 @@ def fake_fused(monkeypatch):
         calls.append(("pairwise_loss", objective, gather_distributed, hyperparameters))
         return module.result
 
-    module.supports, module.pairwise_loss, module.calls = supports, pairwise_loss, calls
+    def missing_kernels(device):
+        return None
+
+    module.supports, module.pairwise_loss, module.missing_kernels = supports, pairwise_loss, missing_kernels
+    module.calls = calls
     monkeypatch.setitem(sys.modules, "fmicl_engine.loss.fused", module)
     monkeypatch.setattr(loss_package, "fused", module, raising=False)
     return module

@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The digits at a tiny width: a few milliseconds per step, so a test runs dozens of them.
 TINY_DIGITS = ["model.cnn_width=4", "model.projector_hidden_dim=16", "model.projector_out_dim=8",
-               "train.log_every=1", "loss.backend=reference", "eval.linear_probe=false", "run.threads=1"]
+               "train.log_every=1", "loss.backend=reference", "eval.linear_probe=false", "run.threads=1",
+               "eval.knn=false", "eval.linear_epochs=0", "eval.geometry_pairs=0"]
 
 
 def sets(overrides):

@@ -15,7 +15,7 @@ TINY = {
     "model": {"cnn_width": 4, "projector_hidden_dim": 16, "projector_out_dim": 8},
     "train": {"batch_size": 256, "log_every": 1},
     "loss": {"backend": "reference"},
-    "eval": {"linear_probe": False},
+    "eval": {"linear_probe": False, "knn": False, "linear_epochs": 0, "geometry_pairs": 0},  # (evaluation: below)
 }
 TIMING = {"images_per_s", "data_wait_fraction"}  # wall-clock figures: differ between runs
 
@@ -166,7 +166,9 @@ def test_the_loss_sees_float32_under_autocast():
 
     model = build_model("digits_cnn", in_channels=1, cnn_width=4, projector_hidden_dim=8, projector_out_dim=4)
     objective = loop.PretrainingObjective(model, Recorder(), "bf16", torch.device("cpu"))
-    objective(torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)).backward()
+    loss, features = objective(torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16))
+    loss.backward()
+    assert features.shape == (4, model.encoder.out_dim)  # the first view's, for the online probe
     assert seen == [(torch.float32, torch.float32)]
 
 
@@ -216,3 +218,19 @@ def test_a_full_disk_while_checkpointing_names_enospc_and_keeps_the_previous_che
         s.save(4, {"model": {"w": torch.ones(1000)}})
     assert sorted(p.name for p in s.directory.iterdir()) == ["step_00000002.pt", "step_00000002.pt.sha256"]
     assert s.problem(2) is None
+
+
+def test_a_run_ends_with_its_evaluation_epoch_records_and_figures(tmp_path):
+    cfg = tiny_config(tmp_path, "run", train={"epochs": 2},
+                      eval={"knn": True, "knn_k": 20, "linear_epochs": 5, "geometry_pairs": 200, "mi_steps": 20})
+    results = quiet_run(cfg)
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    for key in ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "alignment", "uniformity", "mi_infonce"):
+        assert math.isfinite(report[key]) and results.get(key, report[key]) == report[key], key
+    assert 0.1 < report["knn_top1"] <= report["knn_top5"] <= 1.0 and report["test_images"] == 450
+    assert {"knn", "linear", "geometry", "histograms", "mi"} <= report["protocol"].keys()
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1] and all("online_probe_top1" in e and "uniformity" in e for e in epochs)
+    figures = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
+    assert figures == ["accuracy.png", "alignment_uniformity.png", "loss.png", "similarity_histograms.png"]
+    assert all((tmp_path / "run" / "figures" / f).stat().st_size > 1000 for f in figures)

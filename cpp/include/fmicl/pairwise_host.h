@@ -6,13 +6,17 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/aminmax.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <sstream>
 #include <string_view>
+#include <utility>
 
 #include "fmicl/check.h"
 #include "fmicl/pairwise_params.h"
@@ -21,30 +25,24 @@ namespace fmicl {
 
 inline constexpr double kNormEps = 1e-12;  // torch.nn.functional.normalize's eps
 
-inline Divergence parse_divergence(std::string_view name) {
-  if (name == "kl") return Divergence::kKL;
-  if (name == "js") return Divergence::kJS;
-  if (name == "pearson") return Divergence::kPearson;
-  if (name == "sh") return Divergence::kSH;
-  if (name == "tsallis") return Divergence::kTsallis;
-  if (name == "vlc") return Divergence::kVLC;
-  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown divergence '", name,
-              "'; expected one of kl, js, pearson, sh, tsallis, vlc");
-}
-
-inline Similarity parse_similarity(std::string_view name) {
-  if (name == "gaussian") return Similarity::kGaussian;
-  if (name == "cosine") return Similarity::kCosine;
-  TORCH_CHECK(false, "fmicl_fwd_bwd: unknown similarity '", name, "'; expected gaussian or cosine");
+// The enumerator whose name (kDivergenceNames, kSimilarityNames) is `name`.
+template <class Enum, std::size_t K>
+Enum parse_name(const char* op, const char* what, std::string_view name, const char* const (&names)[K]) {
+  for (std::size_t i = 0; i < K; ++i) {
+    if (name == names[i]) return static_cast<Enum>(i);
+  }
+  std::ostringstream expected;
+  for (std::size_t i = 0; i < K; ++i) expected << (i ? ", " : "") << names[i];
+  TORCH_CHECK(false, op, ": unknown ", what, " '", name, "'; expected one of ", expected.str());
 }
 
 // fmicl_fwd_bwd's scalar arguments, parsed and checked, as the parameters of z (rows x dim).
-inline FmiclParams checked_fmicl_params(const char* op, long long rows, long long dim,
+inline PairTermParams checked_fmicl_params(const char* op, long long rows, long long dim,
                                         std::string_view divergence_name, std::string_view similarity_name,
                                         double sigma, double tau, double mu, double alpha,
                                         double tsallis_alpha) {
-  const Divergence divergence = parse_divergence(divergence_name);
-  const Similarity similarity = parse_similarity(similarity_name);
+  const auto divergence = parse_name<Divergence>(op, "divergence", divergence_name, kDivergenceNames);
+  const auto similarity = parse_name<Similarity>(op, "similarity", similarity_name, kSimilarityNames);
   if (similarity == Similarity::kGaussian) FMICL_CHECK_POSITIVE(op, "sigma", sigma);
   if (similarity == Similarity::kCosine) FMICL_CHECK_POSITIVE(op, "tau", tau);
   FMICL_CHECK_POSITIVE(op, "mu", mu);
@@ -67,17 +65,23 @@ inline void check_embeddings(const char* op, const at::Tensor& z, c10::DeviceTyp
                   "z must hold 2N rows [z1; z2] with N >= 2, got shape ", z.sizes());
 }
 
-// anchors: (A,) int64 row indices of z, on z's device. On a GPU the range check is a sync point,
-// but an index out of range would otherwise be a device-side assert.
-inline void check_anchors(const char* op, const at::Tensor& anchors, const at::Tensor& z) {
-  FMICL_CHECK_SAME_DEVICE(op, anchors, z);
+// anchors: (A,) int64 row indices of z's `rows` rows, on the CPU whatever z's device: the range
+// check reads them on the host, so it never waits for a GPU (a device-side index would need a
+// sync to check, or a device-side assert that poisons the context). Returned contiguous.
+inline at::Tensor checked_anchors(const char* op, const at::Tensor& anchors, long long rows) {
+  FMICL_CHECK_ARG(op, anchors.device().is_cpu(), "anchors must be on the CPU (host-side row indices), got ",
+                  anchors.device());
   FMICL_CHECK_DIM(op, anchors, 1);
   FMICL_CHECK_DTYPE(op, anchors, at::kLong);
-  if (anchors.numel() == 0) return;
-  const auto [lo_t, hi_t] = at::aminmax(anchors);
-  const long long lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>(), rows = z.size(0);
-  FMICL_CHECK_ARG(op, lo >= 0 && hi < rows, "anchors must index rows of z (0..", rows - 1,
-                  "), got values in [", lo, ", ", hi, "]");
+  at::Tensor contiguous = anchors.contiguous();
+  const int64_t* begin = contiguous.const_data_ptr<int64_t>();
+  const int64_t* end = begin + contiguous.numel();
+  if (begin != end) {
+    const auto [lo, hi] = std::minmax_element(begin, end);
+    FMICL_CHECK_ARG(op, *lo >= 0 && *hi < rows, "anchors must index rows of z (0..", rows - 1,
+                    "), got values in [", *lo, ", ", *hi, "]");
+  }
+  return contiguous;
 }
 
 // The tile's rows: `tile`, or the backend's default when it is 0, within [1, rows].
@@ -107,6 +111,19 @@ inline at::Tensor normalize_backward(at::Tensor dx, const Rows& rows) {
   const at::Tensor& u = rows.x;
   const at::Tensor radial = u.mul(dx).sum(1, /*keepdim=*/true).mul(rows.norm.gt(kNormEps));
   return dx.sub_(u.mul(radial)).div_(rows.norm.clamp_min(kNormEps));
+}
+
+// The gradient w.r.t. the rows x that the sums accumulate into: zeros when the op computes one
+// (needs_grad), else undefined, and the sums skip every gradient product.
+inline at::Tensor gradient_accumulator(const Rows& rows, bool needs_grad) {
+  return needs_grad ? at::zeros_like(rows.x) : at::Tensor();
+}
+
+// grad_z as the ops return it: from dx, the gradient w.r.t. the rows, d/dz in z's dtype; without
+// needs_grad (dx undefined) an empty (0, d) tensor in its place.
+inline at::Tensor returned_gradient(const at::Tensor& z, at::Tensor dx, const Rows& rows) {
+  if (!dx.defined()) return at::empty({0, z.size(1)}, z.options());
+  return normalize_backward(std::move(dx), rows).to(z.scalar_type());
 }
 
 }  // namespace fmicl

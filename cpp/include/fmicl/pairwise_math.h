@@ -1,4 +1,4 @@
-// The per-pair terms of the pairwise objectives (spec: shared/spec/LOSSES.md), written once for
+// The per-pair terms of the pairwise objectives (definitions: docs/LOSSES.md), written once for
 // every backend: CPU scalar, CPU SIMD (a vector type with the same operators) and CUDA.
 //
 // Everything is a function of s = log r, never of r: log r of the f-Gaussian similarity is
@@ -25,24 +25,44 @@
 
 namespace fmicl {
 
-// The f of f-MICL; the integer values are part of the op contract (fmicl_fwd_bwd's divergence
-// argument is parsed into this enum by the host code of each backend).
-enum class Divergence : int { kKL = 0, kJS = 1, kPearson = 2, kSH = 3, kTsallis = 4, kVLC = 5 };
-
-// Every divergence, for a backend's runtime-to-template switch:
-//   switch (p.divergence) { FMICL_FOR_EACH_DIVERGENCE(MY_CASE) }   with MY_CASE(D) a `case D: ...`.
+// The divergences (the f of f-MICL), each once: its enumerator and the name fmicl_fwd_bwd's
+// `divergence` argument takes. The enum, the names, the host's parsing and every backend's
+// runtime-to-template switch are generated from this list; Python's list
+// (fmicl_engine.loss.validation.DIVERGENCES) is tested against it through the extension
+// (fmicl_engine._C.divergences). Adding one: a line here, then a branch in positive_term and in
+// negative_term below (a static_assert fails the build until both exist), and docs/LOSSES.md.
+//   switch (p.divergence) { FMICL_FOR_EACH_DIVERGENCE(MY_CASE) }   with MY_CASE(D, name) a
+//   `case Divergence::D: ...`.
 #define FMICL_FOR_EACH_DIVERGENCE(X) \
-  X(Divergence::kKL)                 \
-  X(Divergence::kJS)                 \
-  X(Divergence::kPearson)            \
-  X(Divergence::kSH)                 \
-  X(Divergence::kTsallis)            \
-  X(Divergence::kVLC)
+  X(kKL, "kl")                       \
+  X(kJS, "js")                       \
+  X(kPearson, "pearson")             \
+  X(kSH, "sh")                       \
+  X(kTsallis, "tsallis")             \
+  X(kVLC, "vlc")
+
+#define FMICL_ENUMERATOR(D, name) D,
+#define FMICL_NAME(D, name) name,
+enum class Divergence : int { FMICL_FOR_EACH_DIVERGENCE(FMICL_ENUMERATOR) };
+// Indexed by the enum's value.
+inline constexpr const char* kDivergenceNames[] = {FMICL_FOR_EACH_DIVERGENCE(FMICL_NAME)};
 
 // How log r is formed from the Gram entry G_ab = x_a . x_b of the (normalised) rows:
 //   kGaussian: log r = log(mu) - max(|x_a|^2 + |x_b|^2 - 2 G_ab, 0) / (2 sigma^2)
 //   kCosine:   log r = log(mu) + G_ab / tau      (rows are unit vectors, so G_ab is the cosine)
-enum class Similarity : int { kGaussian = 0, kCosine = 1 };
+#define FMICL_FOR_EACH_SIMILARITY(X) \
+  X(kGaussian, "gaussian")           \
+  X(kCosine, "cosine")
+
+enum class Similarity : int { FMICL_FOR_EACH_SIMILARITY(FMICL_ENUMERATOR) };
+inline constexpr const char* kSimilarityNames[] = {FMICL_FOR_EACH_SIMILARITY(FMICL_NAME)};
+#undef FMICL_ENUMERATOR
+#undef FMICL_NAME
+
+// false, but only once D is known: the last `else` of a constexpr chain over D asserts it, so a
+// divergence without a branch fails to compile instead of silently taking another's.
+template <Divergence D>
+inline constexpr bool kDependentFalse = false;
 
 namespace math {
 
@@ -112,11 +132,13 @@ FMICL_HOST_DEVICE void positive_term(T s, T tsallis_alpha, T& value, T& dvalue) 
     const T e = exp((tsallis_alpha - T(1)) * s);
     value = (tsallis_alpha * e - T(1)) / (tsallis_alpha - T(1));
     dvalue = tsallis_alpha * e;
-  } else {  // kVLC: 1 - 4 / (1 + r)^2 = 1 - 4 (1 - q)^2 with q = r / (1 + r) = sigmoid(s)
+  } else if constexpr (D == Divergence::kVLC) {  // 1 - 4 / (1 + r)^2 = 1 - 4 (1 - q)^2, q = r / (1 + r) = sigmoid(s)
     T e, q, one_minus_q;
     logistic(s, e, q, one_minus_q);
     value = T(1) - T(4) * one_minus_q * one_minus_q;
     dvalue = T(8) * one_minus_q * one_minus_q * q;
+  } else {
+    static_assert(kDependentFalse<D>, "positive_term: a divergence without its f'(r)");
   }
 }
 
@@ -141,11 +163,13 @@ FMICL_HOST_DEVICE void negative_term(T s, T tsallis_alpha, T& value, T& dvalue) 
   } else if constexpr (D == Divergence::kTsallis) {  // r^a
     value = exp(tsallis_alpha * s);
     dvalue = tsallis_alpha * value;
-  } else {  // kVLC: (3r + 1)(r - 1) / (r + 1)^2 = (1 + 2q)(2q - 1), q = sigmoid(s)
+  } else if constexpr (D == Divergence::kVLC) {  // (3r + 1)(r - 1) / (r + 1)^2 = (1 + 2q)(2q - 1), q = sigmoid(s)
     T e, q, one_minus_q;
     logistic(s, e, q, one_minus_q);
     value = (T(1) + T(2) * q) * tanh(T(0.5) * s);  // 2q - 1 = tanh(s/2): exact near r = 1
     dvalue = T(8) * q * q * one_minus_q;
+  } else {
+    static_assert(kDependentFalse<D>, "negative_term: a divergence without its f*(f'(r))");
   }
 }
 

@@ -9,9 +9,9 @@ namespace fmicl {
 
 // Σ over anchor rows a, over partners b != a, of  weight(a, b) * term(log r_ab), where term is
 // the positive term (b = positive_index(a)) or the negative term (any other b) of `divergence`,
-// both already scaled by their global normalisers. Also drives the uniformity sums (see
-// uniformity_params below): KL's negative term is r, so exp(-t D) is a Gaussian "r".
-struct FmiclParams {
+// both already scaled by their global normalisers. f-MICL's sum (fmicl_params), and the
+// uniformity's (uniformity_params): KL's negative term is r, so exp(-t D) is a Gaussian "r".
+struct PairTermParams {
   long long rows = 0;       // M = 2N rows of x
   long long dim = 0;        // d
   long long half_rows = 0;  // N: the positive of row a is positive_index(a, N); 0 = no positives
@@ -28,13 +28,17 @@ struct FmiclParams {
   double dlogr_dgram() const {
     return similarity == Similarity::kGaussian ? 2.0 * inv_two_sigma_sq : inv_tau;
   }
+
+  // alpha = 0 drops the negative terms: every backend skips them rather than multiplying them
+  // by 0, because an overflowing term would turn 0 * inf into NaN (the reference skips them too).
+  bool has_negatives() const { return negative_scale != 0.0; }
 };
 
 // f-MICL over M = 2N rows, LOSSES.md normalisers.
-inline FmiclParams fmicl_params(long long rows, long long dim, Divergence divergence,
+inline PairTermParams fmicl_params(long long rows, long long dim, Divergence divergence,
                                 Similarity similarity, double sigma, double tau, double mu,
                                 double alpha, double tsallis_alpha) {
-  FmiclParams p;
+  PairTermParams p;
   p.rows = rows;
   p.dim = dim;
   p.half_rows = rows / 2;
@@ -50,8 +54,8 @@ inline FmiclParams fmicl_params(long long rows, long long dim, Divergence diverg
 }
 
 // The uniformity sum of one view of n rows: Σ_{i<j} exp(-t |x_i - x_j|^2) = ½ Σ_a Σ_{b != a}.
-inline FmiclParams uniformity_params(long long rows, long long dim, double t) {
-  FmiclParams p;
+inline PairTermParams uniformity_params(long long rows, long long dim, double t) {
+  PairTermParams p;
   p.rows = rows;
   p.dim = dim;
   p.half_rows = 0;

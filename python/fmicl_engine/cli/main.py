@@ -1,4 +1,5 @@
-"""``fmicl-engine``: validate a config, or run it (pretrain, then linear-probe evaluation).
+"""``fmicl-engine``: validate a config, or run it (pretrain, then evaluate the frozen encoder as the
+config's ``[eval]`` section says).
 
 Parses arguments, builds the config and calls the library; no training logic lives here.
 ``torchrun --nproc_per_node=G -m fmicl_engine run CONFIG`` runs it on G processes.
@@ -6,8 +7,10 @@ Parses arguments, builds the config and calls the library; no training logic liv
 Exit status and stderr (rank 0 alone prints what every rank found; a rank's own failure is
 printed by that rank, prefixed with its number, so the job's log names it):
 - 0: done, or stopped by SIGTERM/SIGUSR1 after writing a checkpoint (requeue to resume);
-- 1: a training error, e.g. a loss that overflows: one line ``training error: ...``;
-- 2: config errors, one line each: ``config error: <key path>: <problem>``;
+- 1: a run-time error, one line: ``training error: ...`` (e.g. a loss that overflows), ``data
+  error: ...`` (an unreadable image under on_bad_file = "error"), ``error: ...`` (a full disk, a
+  read-only directory), ``failed: ...`` (anything else; ``--debug`` shows its traceback);
+- 2: config errors, one line each: ``config error: <key path>: <problem>``, or a bad export;
 - 130: stopped by Ctrl-C (SIGINT), after writing a checkpoint.
 """
 
@@ -17,6 +20,8 @@ import argparse
 import json
 import os
 import sys
+
+from fmicl_engine import __version__
 
 EXIT_TRAINING_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -37,8 +42,16 @@ def _report(message: str, *, every_rank: bool = False) -> None:
     print(message, file=sys.stderr)
 
 
+DESCRIPTION = ("Validate a config, or run it: pretrain, then evaluate the frozen encoder as the config's [eval] "
+               "section says (what each dataset gets: docs/CONFIG.md). Evaluate a checkpoint, export its encoder, "
+               "compare runs.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fmicl-engine", description=__doc__.split("\n")[0])
+    # Plain text only: --help prints these strings as they are (no reStructuredText markup).
+    parser = argparse.ArgumentParser(prog="fmicl-engine", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,48 +61,118 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a config and print it resolved")
     add_config_arguments(validate)
-    run = commands.add_parser("run", help="pretrain, then evaluate a linear probe")
+    run = commands.add_parser("run", help="pretrain, then evaluate the frozen encoder ([eval])")
     add_config_arguments(run)
-    run.add_argument("--out", help="output directory (default: run.out_dir, i.e. runs/<config stem>)")
+    run.add_argument("--out", metavar="DIR", help="output directory (default: run.out_dir, i.e. runs/<config stem>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint: kNN, linear probe, geometry (eval.json)")
+    add_config_arguments(evaluate)
+    evaluate.add_argument("--checkpoint", required=True, metavar="PATH",
+                          help="a checkpoint file, or a run directory (its newest valid checkpoint)")
+    evaluate.add_argument("--out", metavar="DIR", help="where eval.json and the figures go (default: run.out_dir)")
+    export = commands.add_parser("export", help="write a checkpoint's encoder as a plain state_dict")
+    export.add_argument("checkpoint", help="a checkpoint file, or a run directory (its newest valid checkpoint)")
+    export.add_argument("--out", required=True, metavar="FILE", help="the .pt file to write")
+    export.add_argument("--format", choices=("torchvision", "engine"), default="torchvision",
+                        help="torchvision: keys of torchvision.models.<arch>() without fc (default); engine: the "
+                             "engine's encoder")
+    compare = commands.add_parser("compare", help="one table and figure over several run directories")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", metavar="DIR", default="runs/compare", help="where compare.md goes")
     return parser
+
+
+def _config(args):
+    from fmicl_engine.config import load_config
+
+    overrides = list(args.overrides)
+    if args.command == "run" and args.out:
+        overrides.append(f"run.out_dir={json.dumps(args.out)}")
+    return load_config(args.config, overrides)
+
+
+def _validate(args) -> int:
+    from fmicl_engine.config import dumps_config
+
+    print(dumps_config(_config(args)), end="")
+    print(f"{args.config}: ok", file=sys.stderr)
+    return 0
+
+
+def _run(args) -> int:
+    from fmicl_engine.train import run
+
+    results = run(_config(args), progress=not args.no_progress)
+    if _rank() == 0:
+        print(json.dumps(results))
+    return EXIT_INTERRUPTED if results.get("stopped_by") == "SIGINT" else 0
+
+
+def _eval(args) -> int:
+    from pathlib import Path
+
+    from fmicl_engine.eval.evaluate import evaluate_checkpoint
+
+    cfg = _config(args)
+    report = evaluate_checkpoint(cfg, args.checkpoint, Path(args.out or cfg.run.out_dir),
+                                 log=lambda line: print(line, file=sys.stderr))
+    if report is not None:
+        print(json.dumps({k: v for k, v in report.items() if k not in ("similarity_histograms", "protocol")}))
+    return 0
+
+
+def _export(args) -> int:
+    from fmicl_engine.eval.export import export_encoder
+
+    exported = export_encoder(args.checkpoint, args.out, args.format)
+    print(exported.how_to_load())
+    return 0
+
+
+def _compare(args) -> int:
+    from pathlib import Path
+
+    from fmicl_engine.eval.report import compare_runs
+
+    compare_runs([Path(r) for r in args.runs], Path(args.out), log=lambda line: print(line, file=sys.stderr))
+    print((Path(args.out) / "compare.md").read_text(), end="")
+    return 0
+
+
+COMMANDS = {"validate": _validate, "run": _run, "eval": _eval, "export": _export, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fmicl_engine.config import ConfigError, dumps_config, load_config
+    from fmicl_engine.config import ConfigError
+    from fmicl_engine.data.image_index import BadImageFileError
+    from fmicl_engine.eval.export import ExportError
     from fmicl_engine.loss import NonFiniteLossError
 
-    overrides = list(args.overrides)
-    if getattr(args, "out", None):
-        overrides.append(f"run.out_dir={json.dumps(args.out)}")
     try:
-        cfg = load_config(args.config, overrides)
-        if args.command == "validate":
-            print(dumps_config(cfg), end="")
-            print(f"{args.config}: ok", file=sys.stderr)
-            return 0
-        from fmicl_engine.train import run
-
-        results = run(cfg, progress=not args.no_progress)
-    except ConfigError as err:
-        for line in str(err).splitlines():
-            _report(f"config error: {line}")
-        return EXIT_CONFIG_ERROR
-    except NonFiniteLossError as err:
-        _report(f"\ntraining error: {err}", every_rank=True)  # (after the progress bar's line)
+        return COMMANDS[args.command](args)
+    except Exception as err:
+        if args.debug:
+            raise
+        if isinstance(err, ConfigError):
+            for line in str(err).splitlines():
+                _report(f"config error: {line}")
+            return EXIT_CONFIG_ERROR
+        if isinstance(err, ExportError):
+            _report(f"export error: {err}")
+            return EXIT_CONFIG_ERROR
+        if isinstance(err, NonFiniteLossError):
+            _report(f"\ntraining error: {err}", every_rank=True)  # (after the progress bar's line)
+        elif isinstance(err, BadImageFileError):
+            _report(f"data error: {err}", every_rank=True)
+        elif isinstance(err, OSError):  # a full disk, a read-only or vanished directory
+            _report(f"error: {err}", every_rank=True)
+        else:  # one line naming the rank and the error; --debug shows where
+            _report(f"failed: {type(err).__name__}: {err} (rerun with --debug for the traceback)", every_rank=True)
         return EXIT_TRAINING_ERROR
     except KeyboardInterrupt:  # a second Ctrl-C, while the first one's checkpoint was being written
         _report("interrupted", every_rank=True)
         return EXIT_INTERRUPTED
-    except Exception as err:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one line naming the rank; torchrun stops the others
-            _report(f"failed: {type(err).__name__}: {err}", every_rank=True)
-            return EXIT_TRAINING_ERROR
-        raise
-    if _rank() == 0:
-        print(json.dumps(results))
-    return EXIT_INTERRUPTED if results.get("stopped_by") == "SIGINT" else 0
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ validation collects every problem of a config and raises them together as one ``
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import inspect
 import math
 import os
 import sys
@@ -25,6 +23,8 @@ else:  # pragma: no cover
 
 from fmicl_engine.config import toml_writer
 from fmicl_engine.config.schema import Config, EvalConfig, LossConfig
+from fmicl_engine.loss.registry import LOSS_REGISTRY, REQUIRED, build_loss, loss_signature
+from fmicl_engine.loss.validation import LossArgumentError, did_you_mean
 
 # Keyword arguments of an objective that the engine supplies itself, so a config must not set them.
 ENGINE_SUPPLIED_LOSS_ARGUMENTS = {
@@ -43,7 +43,7 @@ STL10_ONLY_SPLITS = ("unlabeled", "train+unlabeled")
 RESUMABLE_KEYS = frozenset({
     "train.epochs", "train.max_steps", "train.log_every", "train.checkpoint", "train.checkpoint_every_steps",
     "train.keep_checkpoints", "run.out_dir", "run.threads", "run.dist_timeout_s",
-    "data.imagefolder.num_threads", "data.torchvision.num_workers",
+    "data.imagefolder.num_threads", "data.imagefolder.val_root", "data.torchvision.num_workers",
     *(f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)),
 })
 
@@ -236,7 +236,7 @@ def _build_section(cls, raw: dict[str, Any], prefix: str, problems: _Problems, s
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            problems.report(prefix + key, "unknown key" + _did_you_mean(key, fields, prefix))
+            problems.report(prefix + key, "unknown key" + did_you_mean(key, fields, prefix))
     values = {}
     for name, f in fields.items():
         if name in skip:
@@ -262,7 +262,7 @@ def _check_value(path: str, value: Any, expected: type, meta: typing.Mapping[str
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         options = ", ".join(repr(c) for c in choices)
-        raise ConfigError(path, f"must be one of {options}, got {value!r}" + _did_you_mean(value, choices, ""))
+        raise ConfigError(path, f"must be one of {options}, got {value!r}" + did_you_mean(value, choices))
     for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
                             ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
         limit = meta.get(bound)
@@ -278,7 +278,7 @@ def _check_type(path: str, value: Any, expected: Any) -> Any:
         choices = typing.get_args(expected)
         if value not in choices:
             options = ", ".join(repr(c) for c in choices)
-            raise ConfigError(path, f"must be one of {options}, got {value!r}" + _did_you_mean(value, choices, ""))
+            raise ConfigError(path, f"must be one of {options}, got {value!r}" + did_you_mean(value, choices))
         return value
     if origin in (typing.Union, types.UnionType):
         members = [m for m in typing.get_args(expected) if m is not type(None)]
@@ -320,44 +320,26 @@ def _describe(value: Any) -> str:
     return f"{kind.get(type(value), type(value).__name__)} {value!r}"
 
 
-def _did_you_mean(word: Any, candidates: typing.Iterable[Any], prefix: str) -> str:
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1)
-    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
-
-
 # ----------------------------------------------------------------------------- the [loss] section
 
 
 def loss_parameters(name: str) -> dict[str, tuple[Any, Any]]:
     """The config-settable keyword arguments of objective ``name``: {keyword: (annotation, default)},
-    default ``inspect.Parameter.empty`` when required. Read from its ``__init__`` signature."""
-    from fmicl_engine.loss import LOSS_REGISTRY
-
-    cls = LOSS_REGISTRY[name]
-    init = cls.__init__ if inspect.isclass(cls) else cls
-    try:
-        hints = typing.get_type_hints(init)
-    except Exception:  # unresolvable annotations: fall back to the defaults' types below
-        hints = {}
+    default ``REQUIRED`` (``inspect.Parameter.empty``) when it has none: the objective's
+    ``loss_signature`` without the keywords the engine supplies. A keyword without an annotation
+    takes its default's type."""
     params = {}
-    for p in inspect.signature(init).parameters.values():
-        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+    for key, (annotation, default) in loss_signature(name).items():
+        if key in ENGINE_SUPPLIED_LOSS_ARGUMENTS:
             continue
-        if p.name in ENGINE_SUPPLIED_LOSS_ARGUMENTS:
-            continue
-        annotation = hints.get(p.name)
-        if annotation is None and p.default not in (p.empty, None):
-            annotation = type(p.default)
-        params[p.name] = (annotation, p.default)
+        if annotation is None and default not in (REQUIRED, None):
+            annotation = type(default)
+        params[key] = (annotation, default)
     return params
 
 
 def _build_loss(raw: dict[str, Any], cfg: Config, problems: _Problems) -> LossConfig:
     """The [loss] table as a LossConfig; on any problem, the default LossConfig (the errors are reported)."""
-    from fmicl_engine.loss import LOSS_REGISTRY, LossArgumentError, build_loss
-
     raw = dict(raw)
     try:
         name = _check_type("loss.name", raw.pop("name", LossConfig.name), str)
@@ -366,7 +348,7 @@ def _build_loss(raw: dict[str, Any], cfg: Config, problems: _Problems) -> LossCo
         return LossConfig()
     if name not in LOSS_REGISTRY:  # without an objective its arguments cannot be checked
         options = ", ".join(sorted(LOSS_REGISTRY))
-        problems.report("loss.name", f"unknown objective {name!r}" + _did_you_mean(name, LOSS_REGISTRY, "")
+        problems.report("loss.name", f"unknown objective {name!r}" + did_you_mean(name, LOSS_REGISTRY)
                         + f"; one of: {options}")
         return LossConfig()
     first_error = len(problems.errors)
@@ -376,7 +358,7 @@ def _build_loss(raw: dict[str, Any], cfg: Config, problems: _Problems) -> LossCo
             problems.report(f"loss.{key}", ENGINE_SUPPLIED_LOSS_ARGUMENTS[key] + "; remove it")
         elif key not in params:
             problems.report(f"loss.{key}", f"unknown key for objective {name!r}"
-                            + _did_you_mean(key, params, "loss.") + f"; it accepts: {', '.join(params)}")
+                            + did_you_mean(key, params, "loss.") + f"; it accepts: {', '.join(params)}")
     options: dict[str, Any] = {}
     for key, (annotation, default) in params.items():
         if key in raw:
@@ -384,7 +366,7 @@ def _build_loss(raw: dict[str, Any], cfg: Config, problems: _Problems) -> LossCo
                 options[key] = _check_type(f"loss.{key}", raw[key], annotation)
             except ConfigError as err:
                 problems.add(err)
-        elif default is inspect.Parameter.empty:
+        elif default is REQUIRED:
             problems.report(f"loss.{key}", f"required by objective {name!r}")
         elif default is not None:  # None (e.g. "use the objective's own width") has no TOML form
             options[key] = default
@@ -402,9 +384,7 @@ def _build_loss(raw: dict[str, Any], cfg: Config, problems: _Problems) -> LossCo
 def engine_loss_arguments(name: str, cfg: Config, world_size: int = 1) -> dict[str, Any]:
     """The keyword arguments the engine supplies to objective ``name`` (see ENGINE_SUPPLIED_LOSS_ARGUMENTS):
     ``dim`` where it takes one, and ``gather_distributed=True`` on more than one process where it can."""
-    from fmicl_engine.loss import loss_keywords
-
-    accepted = loss_keywords(name)
+    accepted = loss_signature(name)
     arguments: dict[str, Any] = {}
     if "dim" in accepted:
         arguments["dim"] = cfg.model.projector_out_dim
@@ -416,9 +396,7 @@ def engine_loss_arguments(name: str, cfg: Config, world_size: int = 1) -> dict[s
 def local_negatives_only(name: str) -> bool:
     """True when objective ``name`` cannot gather embeddings across ranks: under torchrun each rank
     then contrasts (or estimates its statistics) within its own share of the batch only."""
-    from fmicl_engine.loss import loss_keywords
-
-    return "gather_distributed" not in loss_keywords(name)
+    return "gather_distributed" not in loss_signature(name)
 
 
 # ----------------------------------------------------------------------------- cross-section checks
@@ -457,8 +435,16 @@ def _check_imagefolder(cfg: Config, problems: _Problems) -> None:
             problems.report("data.imagefolder.root", "is required when data.dataset = 'imagefolder'")
         elif not Path(folder.root).is_dir():
             problems.report("data.imagefolder.root", f"no such directory: {folder.root}")
-    if folder.device == "gpu" and problems.usable("data.imagefolder.device") and not _cuda_available():
-        problems.report("data.imagefolder.device", "is 'gpu' but torch.cuda.is_available() is False")
+    # The DALI pipeline must be able to run on the device now, not at the first batch: DALI
+    # importable; for "gpu" a GPU, and the project's colour operator with its CUDA backend or
+    # else DALI's built-in colour operators (refused by FMICL_DALI_COLOUR=exact).
+    if problems.usable("data.imagefolder.device"):
+        from fmicl_engine.data.dali_ops import pipeline_problem
+
+        if folder.device == "gpu" and not _cuda_available():
+            problems.report("data.imagefolder.device", "is 'gpu' but torch.cuda.is_available() is False")
+        elif (why := pipeline_problem(folder.device)) is not None:
+            problems.report("data.imagefolder.device", f"is {folder.device!r}, but {why}")
 
 
 def _check_torchvision_set(cfg: Config, problems: _Problems) -> None:

@@ -55,6 +55,7 @@ class ImageFolderConfig:
     """An ImageFolder / ImageNet tree read by the two-view pipeline (fmicl_engine.data.build_two_view_loader)."""
 
     root: str = setting("", "required for dataset = imagefolder: the class-per-folder training tree")
+    val_root: str = setting("", "the held-out class-per-folder tree (ImageNet's val/), read by evaluation only")
     image_size: int = setting(224, "the standard ImageNet pretraining resolution", ge=8)
     augment: str = setting("simclr", "SimCLR's symmetric recipe; byol is its asymmetric variant", choices=("simclr", "byol"))
     num_threads: int = setting(4, "decoding threads per process", ge=1)
@@ -170,6 +171,18 @@ class EvalConfig:
     label_subsets: int = setting(5, "with labels_per_class > 0: mean over this many seeded label subsets, "
                                  "since a few-label probe varies with the draw", ge=1)
     batch_size: int = setting(512, "images per forward pass when extracting features", ge=1)
+    knn: bool = setting(True, "weighted kNN on frozen features after pretraining (Wu et al. 2018)")
+    knn_k: int = setting(200, "neighbours that vote (the instance-discrimination protocol's 200)", ge=1)
+    knn_temperature: float = setting(0.1, "votes weigh exp(cosine similarity / this)", gt=0.0)
+    linear_epochs: int = setting(100, "epochs of the SGD linear probe on frozen features; 0: no SGD probe", ge=0)
+    linear_lr: float = setting(0.1, "the SGD probe's peak learning rate (cosine schedule)", gt=0.0)
+    linear_batch_size: int = setting(256, "the SGD probe's batch of features", ge=1)
+    geometry_pairs: int = setting(1024, "held-out positive pairs for alignment, uniformity, similarity histograms "
+                                  "and the MI estimates; 0: none", ge=0)
+    mi_steps: int = setting(300, "training steps of each critic for the InfoNCE, NWJ and DV estimates between the "
+                            "views' held-out embeddings; 0: no MI estimates", ge=0)
+    online_probe: bool = setting(True, "a linear classifier trained on detached features during pretraining; its "
+                                 "top-1 is logged each epoch (labelled data sets)")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,12 @@ solarise, normalise; the horizontal flip is applied last, in ``crop_mirror_norma
 equivalent because every operation it moves past commutes with a mirror. ColorJitter and
 grayscale are the project's own operator, fn.fmicl.color_jitter (cpp/dali), bit for bit
 torchvision's on PIL images; solarisation is exact; the resize matches to interpolation and the
-blur to rounding, its window cut at 3 sigma (see view_inputs).
+blur to rounding, its window cut at 3 sigma (see view_inputs). Without the project's operator
+(dali_ops.colour_backend), DALI's built-in operators do the colour steps (_builtin_colour).
+
+The loader builds its pipeline once and feeds it each epoch's batches (the pipeline's external
+source reads them from a ``_Feed``); it rebuilds it only after a decoder error. ``close()`` (or
+a ``with`` block) releases the pipeline and the reader threads.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fmicl_engine.data.dali_ops import load_dali_ops
+from fmicl_engine.data.dali_ops import (BUILTIN, EXACT, colour_backend, dali_problem, dali_wheel,
+                                       load_dali_ops)
 from fmicl_engine.data.loader_state import EpochPositionState
 from fmicl_engine.data.image_index import ImageIndex, report_bad_file
 from fmicl_engine.data.recipe import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD,
                                       AugmentationRecipe)
-from fmicl_engine.data.sampler import HUE, ViewPairParams, sample_view_pairs, shard_indices
+from fmicl_engine.data.sampler import (BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewPairParams,
+                                       sample_view_pairs, shard_indices)
 
 DECODE_MODES = ("full", "slice")
 _VIEW_FIELDS = ("roi_start", "roi_end", "flip", "brightness", "contrast", "saturation",
@@ -41,10 +48,14 @@ NO_STEP = -1  # a jitter step that does nothing (fmicl.color_jitter's code)
 
 
 def input_names(config: PipelineConfig) -> tuple[str, ...]:
-    """The pipeline's inputs; "slice" decoding also reads the window both views lie in."""
+    """The pipeline's inputs; "slice" decoding also reads the window both views lie in, and the
+    built-in colour operators the hue shift in degrees."""
     window = ("window_start", "window_shape") if config.decode == "slice" else ()
+    fields = _VIEW_FIELDS
+    if config.colour == BUILTIN:  # fn.hsv takes degrees, not Pillow's 8-bit shift
+        fields = tuple("hue_degrees" if name == "hue_shift" else name for name in fields)
     return ("encoded", "labels") + window + tuple(
-        f"view{v}_{name}" for v in (1, 2) for name in _VIEW_FIELDS)
+        f"view{v}_{name}" for v in (1, 2) for name in fields)
 
 
 def _dali():
@@ -52,8 +63,8 @@ def _dali():
         import nvidia.dali  # noqa: F401
     except ImportError as err:
         raise ImportError(
-            "the DALI data pipeline needs NVIDIA DALI: pip install nvidia-dali-cuda130==2.4.0 "
-            "(or the extra: pip install -e .[dali])") from err
+            f"the DALI data pipeline needs NVIDIA DALI: pip install {dali_wheel()} "
+            "(scripts/install.sh installs the one for torch's CUDA)") from err
     from nvidia.dali import fn, pipeline_def, types
     return fn, pipeline_def, types
 
@@ -100,6 +111,8 @@ def view_inputs(params: ViewPairParams, config: PipelineConfig) -> dict[str, np.
         out[prefix + "contrast"] = np.ascontiguousarray(factors[:, 1])
         out[prefix + "saturation"] = np.ascontiguousarray(factors[:, 2])
         out[prefix + "hue_shift"] = hue_shifts(factors[:, 3]).astype(np.int32)
+        if config.colour == BUILTIN:  # fn.hsv's hue: degrees, one turn for a factor of 1
+            out[prefix + "hue_degrees"] = np.ascontiguousarray(factors[:, 3] * np.float32(360))
         out[prefix + "order"] = jitter_order(params.jitter_order[:, v], params.jitter[:, v],
                                              config.hue[v])
         out[prefix + "grayscale"] = params.grayscale[:, v].astype(np.bool_)
@@ -126,6 +139,8 @@ class PipelineConfig:
     # Per view: whether its recipe shifts the hue. ColorJitter(hue=0) never calls adjust_hue,
     # whose HSV round trip changes pixels even at a zero shift.
     hue: tuple[bool, bool] = (True, True)
+    # EXACT: fn.fmicl.color_jitter; BUILTIN: DALI's built-in operators (dali_ops.colour_backend).
+    colour: str = EXACT
 
 
 _OUTPUT_DTYPES = {torch.float32: "FLOAT", torch.float16: "FLOAT16", torch.bfloat16: "FLOAT"}
@@ -135,14 +150,66 @@ _OUTPUT_DTYPES = {torch.float32: "FLOAT", torch.float16: "FLOAT16", torch.bfloat
 _SOLARIZE_TABLE = [255 - v if v >= SOLARIZE_THRESHOLD else v for v in range(256)]
 
 
-def _colour(x, p, fn, types):
-    """ColorJitter in the sampled order and grayscale (fmicl.color_jitter), blur, solarisation;
-    uint8 HWC in and out."""
-    x = fn.fmicl.color_jitter(x, **{name: p(name) for name in _COLOR_JITTER_ARGS})
+def _colour(x, p, fn, types, config: PipelineConfig):
+    """ColorJitter in the sampled order and grayscale (fmicl.color_jitter, or DALI's built-in
+    operators), blur, solarisation; uint8 HWC in and out."""
+    if config.colour == EXACT:
+        x = fn.fmicl.color_jitter(x, **{name: p(name) for name in _COLOR_JITTER_ARGS})
+    else:
+        x = _builtin_colour(x, p, fn, types, gpu=config.device == "gpu")
     if p("blur"):
         x = fn.gaussian_blur(x, sigma=p("sigma"), window_size=p("blur_window"))
     if p("solarize"):
         x = fn.lookup_table(x, keys=list(range(256)), values=_SOLARIZE_TABLE, dtype=types.UINT8)
+    return x
+
+
+def _luma(x, fn, types):
+    """Pillow's convert("L") of uint8 RGB: (19595 R + 38470 G + 7471 B + 2^15) >> 16; int32 HW1."""
+    xi = fn.cast(x, dtype=types.INT32)
+    luma = (xi[:, :, 0] * 19595 + xi[:, :, 1] * 38470 + xi[:, :, 2] * 7471 + 32768) // 65536
+    return fn.expand_dims(luma, axes=[2], new_axis_names="C")
+
+
+def _blend(degenerate, x, factor, fn, types):
+    """Pillow's Image.blend(degenerate, x, factor), as ImageEnhance uses it: degenerate +
+    factor * (x - degenerate) in float, truncated and clipped to uint8."""
+    from nvidia.dali import math as dmath
+
+    y = degenerate + factor * (fn.cast(x, dtype=types.FLOAT) - degenerate)
+    return fn.cast(dmath.clamp(dmath.floor(y), 0.0, 255.0), dtype=types.UINT8)
+
+
+def _builtin_colour(x, p, fn, types, *, gpu: bool):
+    """ColorJitter in the sampled order, then RandomGrayscale, from DALI's built-in operators
+    (the fallback when fn.fmicl.color_jitter is unavailable; dali_ops.colour_backend).
+
+    Brightness, contrast, saturation and grayscale follow Pillow's formulas (a blend with black,
+    with the mean luma, with the luma; the luma itself) in DALI arithmetic, which may round
+    differently where the compiler fuses a multiply-add; the hue is fn.hsv's rotation in YIQ
+    space, not Pillow's 8-bit HSV shift. So the views are close to torchvision's, not bit-exact.
+    Per-sample choices are DALI conditionals; the order comes from view_inputs ("order")."""
+    from nvidia.dali import math as dmath
+
+    def arg(name):  # a per-sample factor, on the device of the image for arithmetic
+        node = p(name)
+        return node.gpu() if gpu else node
+
+    order = p("order")
+    for position in range(4):
+        step = order[position]
+        if step == BRIGHTNESS:
+            x = _blend(0.0, x, arg("brightness"), fn, types)
+        elif step == CONTRAST:
+            mean = fn.reductions.mean(fn.cast(_luma(x, fn, types), dtype=types.FLOAT))
+            x = _blend(dmath.floor(mean + 0.5), x, arg("contrast"), fn, types)
+        elif step == SATURATION:
+            x = _blend(_luma(x, fn, types), x, arg("saturation"), fn, types)
+        elif step == HUE:
+            x = fn.hsv(x, hue=p("hue_degrees"))
+    if p("grayscale"):
+        luma = _luma(x, fn, types)
+        x = fn.cast(fn.cat(luma, luma, luma, axis=2), dtype=types.UINT8)
     return x
 
 
@@ -151,7 +218,8 @@ def build_pipeline(source, config: PipelineConfig, batch_size: int, *, device_id
     """The DALI pipeline: ``source(batch_info)`` returns the arrays named by input_names().
     ``device_id``: the CUDA device of a "gpu" pipeline (None without a GPU)."""
     fn, pipeline_def, types = _dali()
-    load_dali_ops(config.device if build else "cpu")  # a graph alone needs no CUDA backend
+    if config.colour == EXACT:
+        load_dali_ops(config.device if build else "cpu")  # a graph alone needs no CUDA backend
     decoder_device = "mixed" if config.device == "gpu" else "cpu"
     size = [config.image_size, config.image_size]
     out_dtype = getattr(types, _OUTPUT_DTYPES[config.dtype])
@@ -176,7 +244,7 @@ def build_pipeline(source, config: PipelineConfig, batch_size: int, *, device_id
             # Crop and resize in one pass: the view's window is the resize's region of interest.
             x = fn.resize(image, size=size, roi_start=p("roi_start"), roi_end=p("roi_end"),
                           interp_type=types.INTERP_LINEAR, antialias=True)
-            x = _colour(x, p, fn, types)
+            x = _colour(x, p, fn, types, config)
             views.append(fn.crop_mirror_normalize(
                 x, mirror=p("flip"), output_layout="CHW", dtype=out_dtype,
                 mean=[255.0 * m for m in IMAGENET_MEAN], std=[255.0 * s for s in IMAGENET_STD]))
@@ -201,11 +269,54 @@ def _to_torch(tensor_list, dtype: torch.dtype) -> torch.Tensor:
     return out if out.dtype == dtype else out.to(dtype)
 
 
+class _BatchReader:
+    """Everything the pipeline reads for one batch: encoded bytes, labels, view parameters.
+    Reads overlap in threads (they release the GIL): one reader can starve a GPU decoder."""
+
+    def __init__(self, index: ImageIndex, recipe: AugmentationRecipe, seed: int,
+                 config: PipelineConfig, threads: int):
+        self.index, self.recipe, self.seed, self.config = index, recipe, seed, config
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fmicl-read")
+
+    def __call__(self, indices: np.ndarray, epoch: int) -> dict[str, object]:
+        params = sample_view_pairs(indices, self.index.widths[indices],
+                                   self.index.heights[indices], recipe=self.recipe,
+                                   seed=self.seed, epoch=epoch)
+        inputs = view_inputs(params, self.config)
+        inputs["encoded"] = list(self.pool.map(
+            lambda i: np.fromfile(self.index.paths[i], dtype=np.uint8), indices))
+        inputs["labels"] = self.index.labels[indices]
+        return inputs
+
+
+class _Feed:
+    """The pipeline's external source: the batches of the epoch being read, in order, then
+    StopIteration, which ends DALI's epoch (``pipe.reset()`` starts the next one). It holds no
+    reference to the loader, so that a dropped loader is collected (and closed) at once."""
+
+    def __init__(self, read: _BatchReader, names: tuple[str, ...]):
+        self.read, self.names = read, names
+        self.batches: list[np.ndarray] = []
+        self.epoch = 0
+
+    def __call__(self, info):
+        if info.iteration >= len(self.batches):
+            raise StopIteration
+        inputs = self.read(self.batches[info.iteration], self.epoch)
+        return tuple(inputs[name] for name in self.names)
+
+
 class DaliTwoViewLoader(EpochPositionState):
     """Yields ``(view1, view2, labels)`` per batch of this rank's share of each epoch.
 
-    State: (epoch, position), see EpochPositionState. Files that fail to decode are skipped (or raise, with
-    ``on_bad_file="error"``) and listed in ``skipped_files``, with those the index skipped.
+    State: (epoch, position), see EpochPositionState. Files that fail to decode are skipped (or
+    raise BadImageFileError, with ``on_bad_file="error"``) and listed in ``skipped_files``, with
+    those the index skipped.
+
+    The DALI pipeline is built at the first iteration and kept: each epoch feeds it that epoch's
+    batches; a decoder error rebuilds it. One iteration at a time: starting a new one ends the
+    previous one (which then raises if resumed). ``close()``, or leaving a ``with`` block,
+    releases the pipeline and the file reader threads; a closed loader cannot iterate.
     """
 
     def __init__(self, index: ImageIndex, *, recipe: AugmentationRecipe, image_size: int,
@@ -220,6 +331,7 @@ class DaliTwoViewLoader(EpochPositionState):
             raise ValueError(f"dtype must be one of {list(_OUTPUT_DTYPES)}, got {dtype}")
         if batch_size < 1 or image_size < 1 or num_threads < 1:
             raise ValueError("batch_size, image_size and num_threads must be positive")
+        self._closed = True  # until the reader threads exist: close() and __del__ are safe
         self.index = index
         self.recipe = recipe
         self.batch_size = batch_size
@@ -227,16 +339,25 @@ class DaliTwoViewLoader(EpochPositionState):
         self.drop_last = drop_last
         self.on_bad_file = on_bad_file
         self.dtype = dtype
-        self.config = PipelineConfig(
-            image_size=image_size, blur_window=recipe.blur_kernel_size(image_size),
-            device="gpu" if device in ("gpu", "cuda") else "cpu", decode=decode, dtype=dtype,
-            num_threads=num_threads, hue=(recipe.view1.hue > 0, recipe.view2.hue > 0))
-        self._readers = ThreadPoolExecutor(max(2, num_threads), thread_name_prefix="fmicl-read")
-        self.skipped_files: list[str] = list(index.skipped)
-        self._undecodable: set[int] = set()
         self.epoch = 0
         self.position = 0
         self.shard_size()  # checks rank and world_size now rather than at the first batch
+        device = "gpu" if device in ("gpu", "cuda") else "cpu"
+        if (problem := dali_problem()) is not None:
+            raise ImportError(f"the DALI data pipeline cannot run: {problem}")
+        self.config = PipelineConfig(
+            image_size=image_size, blur_window=recipe.blur_kernel_size(image_size),
+            device=device, decode=decode, dtype=dtype, num_threads=num_threads,
+            hue=(recipe.view1.hue > 0, recipe.view2.hue > 0), colour=colour_backend(device))
+        self.skipped_files: list[str] = list(index.skipped)
+        self._undecodable: set[int] = set()
+        self._read = _BatchReader(index, recipe, seed, self.config, max(2, num_threads))
+        self._feed = _Feed(self._read, input_names(self.config))
+        self._pipe = None
+        self._mid_epoch = False  # the pipeline was fed an epoch it has not finished
+        self._generation = 0     # of the iteration in progress
+        self.pipelines_built = 0
+        self._closed = False
 
     # --- protocol ---------------------------------------------------------------------------
     def shard_size(self) -> int:
@@ -253,6 +374,28 @@ class DaliTwoViewLoader(EpochPositionState):
         n = self.shard_size()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    # --- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Releases the DALI pipeline and shuts the reader threads down. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._generation += 1  # an iteration in progress raises if resumed
+        self._pipe = None
+        self._read.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "DaliTwoViewLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
     # --- iteration --------------------------------------------------------------------------
     def _plan(self, shard: np.ndarray) -> deque[tuple[int, np.ndarray]]:
         """(position after the batch, dataset indices to decode) for the rest of the epoch."""
@@ -268,28 +411,32 @@ class DaliTwoViewLoader(EpochPositionState):
 
     def batch_inputs(self, indices: np.ndarray, epoch: int) -> dict[str, object]:
         """Everything the pipeline reads for one batch: encoded bytes, labels, view parameters."""
-        params = sample_view_pairs(indices, self.index.widths[indices], self.index.heights[indices],
-                                   recipe=self.recipe, seed=self.seed, epoch=epoch)
-        inputs = view_inputs(params, self.config)
-        # Reads overlap in threads (they release the GIL): one reader can starve a GPU decoder.
-        inputs["encoded"] = list(self._readers.map(
-            lambda i: np.fromfile(self.index.paths[i], dtype=np.uint8), indices))
-        inputs["labels"] = self.index.labels[indices]
-        return inputs
+        return self._read(indices, epoch)
 
-    def _start(self, plan):
-        epoch = self.epoch
-        batches = [b for _, b in plan if len(b)]
-        names = input_names(self.config)
+    def _pipeline(self):
+        """The pipeline, ready for a new epoch: built once (again after a decoder error)."""
+        if self._pipe is not None and self._mid_epoch:
+            self._end_epoch()
+        if self._pipe is None:
+            device_id = torch.cuda.current_device() if self.config.device == "gpu" else None
+            self._pipe = build_pipeline(self._feed, self.config, self.batch_size,
+                                        device_id=device_id)
+            self.pipelines_built += 1
+        return self._pipe
 
-        def source(info):
-            if info.iteration >= len(batches):
-                raise StopIteration
-            inputs = self.batch_inputs(batches[info.iteration], epoch)
-            return tuple(inputs[name] for name in names)
-
-        device_id = torch.cuda.current_device() if self.config.device == "gpu" else None
-        return build_pipeline(source, self.config, self.batch_size, device_id=device_id)
+    def _end_epoch(self) -> None:
+        """Ends DALI's epoch and resets the pipeline for the next one. After the last batch
+        nothing is left to read; after an epoch left unfinished, the batches DALI read ahead
+        (at most its prefetch depth) are decoded and dropped."""
+        self._feed.batches = []  # DALI's next read of the feed ends its epoch
+        try:
+            while True:
+                self._pipe.run()
+        except StopIteration:
+            self._pipe.reset()
+        except (RuntimeError, OSError):  # a decoder error in a dropped batch: start afresh
+            self._pipe = None
+        self._mid_epoch = False
 
     def _find_undecodable(self, plan) -> bool:
         """After a decoder error: finds the culprits among the batches DALI may have started."""
@@ -311,25 +458,47 @@ class DaliTwoViewLoader(EpochPositionState):
         return found
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if self._closed:
+            raise RuntimeError("this DaliTwoViewLoader is closed")
+        self._generation += 1
+        return self._iterate(self._generation)
+
+    def _iterate(self, generation: int):
         shard = shard_indices(len(self.index), seed=self.seed, epoch=self.epoch, rank=self.rank,
                               world_size=self.world_size, drop_last=self.drop_last)
         plan = self._plan(shard)
         while plan:
-            pipe = self._start(plan)
+            if generation != self._generation:
+                raise RuntimeError("this iteration over a DaliTwoViewLoader was ended by a newer "
+                                   "one, or by close(); iterate one at a time")
+            pipe = self._pipeline()
+            self._feed.batches = [b for _, b in plan if len(b)]
+            self._feed.epoch = self.epoch
+            left = len(self._feed.batches)
             try:
                 while plan:
                     if not len(plan[0][1]):  # every sample of this batch is undecodable
                         self.position = plan.popleft()[0]
                         continue
+                    if generation != self._generation:
+                        raise RuntimeError(
+                            "this iteration over a DaliTwoViewLoader was ended by a newer one, "
+                            "or by close(); iterate one at a time")
+                    self._mid_epoch = True
                     view1, view2, labels = pipe.run()
                     self.position = plan.popleft()[0]
-                    yield (_to_torch(view1, self.dtype), _to_torch(view2, self.dtype),
-                           _to_torch(labels, torch.int64))
+                    left -= 1
+                    batch = (_to_torch(view1, self.dtype), _to_torch(view2, self.dtype),
+                             _to_torch(labels, torch.int64))
+                    if not left:  # the feed's last batch
+                        self._end_epoch()
+                    yield batch
             except (RuntimeError, OSError):
                 # A decoder error (RuntimeError) or a file gone since indexing (OSError, from the
                 # reader): DALI cannot continue; find the files, rebuild the pipeline, go on.
+                if generation != self._generation:
+                    raise
+                self._pipe, self._mid_epoch = None, False
                 if not self._find_undecodable(plan):
                     raise
                 plan = self._plan(shard)
-            finally:
-                del pipe

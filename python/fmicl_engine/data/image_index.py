@@ -2,15 +2,17 @@
 
 RandomResizedCrop needs every image's width and height before decoding, so a sampler outside
 the decoder needs them up front. Pillow reads them from the headers without decoding; for ImageNet
-(1.28 M files) that takes minutes, so the index is cached beside the dataset, or under the user's
-cache directory when the dataset is read-only. Files that Pillow cannot identify are bad files:
-skipped with a warning naming each, or an error with ``on_bad_file="error"``.
+(1.28 M files) that takes minutes, so the index is cached: in a cache directory, never in the
+dataset (shared dataset folders are often read-only), one file per dataset root or file list
+(``cache_directory``). Files that Pillow cannot identify are bad files: skipped with a warning
+naming each, or BadImageFileError with ``on_bad_file="error"``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,13 +23,19 @@ from PIL import Image
 
 # torchvision's ImageFolder extensions; other files in the tree are not samples and are ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-CACHE_NAME = ".fmicl_size_index.npz"
+CACHE_ENV = "FMICL_CACHE_DIR"
 _CACHE_VERSION = 1
 ON_BAD_FILE = ("skip", "error")
+ON_BAD_FILE_KEY = "data.imagefolder.on_bad_file"
 
 
 class BadImageFileError(RuntimeError):
-    """An unreadable or non-image file met with ``on_bad_file="error"``."""
+    """An unreadable or non-image file met with ``on_bad_file="error"``. ``str(err)`` is one
+    line naming the file (``path``) and the config key that skips such files instead."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass
@@ -46,10 +54,12 @@ class ImageIndex:
 
 
 def report_bad_file(path: str, reason: str, on_bad_file: str) -> None:
-    """Warns (skip) or raises (error) for one bad file, naming it."""
+    """Warns (skip) or raises BadImageFileError (error) for one bad file, naming it in one line."""
+    reason = " ".join(reason.split())  # one line, whatever the decoder said
     message = f"unreadable or non-image file {path}: {reason}"
     if on_bad_file == "error":
-        raise BadImageFileError(message + '  (set data.on_bad_file = "skip" to skip such files)')
+        raise BadImageFileError(f'{message} (set {ON_BAD_FILE_KEY} = "skip" to skip such files)',
+                                path)
     warnings.warn("skipping " + message, RuntimeWarning, stacklevel=3)
 
 
@@ -91,14 +101,24 @@ def _header_size(path: str) -> tuple[int, int, str]:
         return 0, 0, f"{type(err).__name__}: {err}".replace("\n", " ")
 
 
-def _cache_path(source: Path) -> Path:
-    beside = (source if source.is_dir() else source.parent) / (
-        CACHE_NAME if source.is_dir() else f".{source.name}{CACHE_NAME}")
-    if os.access(beside.parent, os.W_OK) or beside.exists():
-        return beside
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fmicl_engine"
-    digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
-    return cache_home / f"size_index-{digest}.npz"
+def cache_directory(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where size indexes go: ``cache_dir`` if given, else $FMICL_CACHE_DIR, else
+    $XDG_CACHE_HOME/fmicl_engine, else ~/.cache/fmicl_engine."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "fmicl_engine"
+
+
+def _cache_path(sources: tuple[Path, ...], cache_dir=None) -> Path:
+    """One file per dataset (its root, or its file list and root): a readable name and the digest
+    of the resolved paths."""
+    key = "\n".join(str(p.resolve()) for p in sources)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", sources[0].resolve().name)[:40] or "root"
+    return cache_directory(cache_dir) / f"size_index-{name}-{digest}.npz"
 
 
 def _pack_strings(strings: list[str]) -> np.ndarray:
@@ -134,12 +154,15 @@ def _save_cache(cache: Path, paths, widths, heights, reasons) -> None:
 
 
 def build_image_index(*, root: str | None = None, file_list: str | None = None,
-                      on_bad_file: str = "skip", num_threads: int = 8) -> ImageIndex:
+                      on_bad_file: str = "skip", num_threads: int = 8,
+                      cache_dir: str | os.PathLike | None = None) -> ImageIndex:
     """Lists an ImageFolder tree (class = top-level folder, sorted) or reads a file list
     (lines ``<path> <label>``, paths relative to ``root`` or else to the list's folder), then
     attaches every image's size from the cached header index, building it if needed.
 
-    Raises ValueError naming the path for a missing or empty dataset, before any training.
+    ``cache_dir``: where the index is cached (see cache_directory); the dataset is only read.
+    Raises ValueError naming the path for a missing or empty dataset, before any training, and
+    BadImageFileError for a bad file with ``on_bad_file="error"``.
     """
     if on_bad_file not in ON_BAD_FILE:
         raise ValueError(f"on_bad_file must be one of {ON_BAD_FILE}, got {on_bad_file!r}")
@@ -154,15 +177,15 @@ def build_image_index(*, root: str | None = None, file_list: str | None = None,
         if not list_path.is_file():
             raise ValueError(f"data file list {list_path} does not exist")
         paths, labels = _read_file_list(list_path, root_path)
-        source, where = list_path, f"file list {list_path}"
+        sources, where = (list_path,) + ((root_path,) if root_path else ()), f"file list {list_path}"
     else:
         paths, labels, classes = _list_image_folder(root_path)
-        source, where = root_path, f"data root {root_path}"
+        sources, where = (root_path,), f"data root {root_path}"
     if not paths:
         raise ValueError(f"{where} holds no images (expected class folders of "
                          f"{', '.join(IMAGE_EXTENSIONS)} files)")
 
-    cache = _cache_path(source)
+    cache = _cache_path(sources, cache_dir)
     cached = _load_cache(cache, paths)
     if cached is None:
         with ThreadPoolExecutor(max(1, num_threads)) as pool:

@@ -93,10 +93,10 @@ class TorchvisionSet:
 
 SETS: dict[str, TorchvisionSet] = {
     "cifar10": TorchvisionSet(
-        cls=LocalCIFAR10, arguments=lambda split: {"train": True}, splits=("train",), native_size=32,
+        cls=LocalCIFAR10, arguments=lambda split: {"train": split == "train"}, splits=("train",), native_size=32,
         recipe="simclr_cifar", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
     "cifar100": TorchvisionSet(
-        cls=LocalCIFAR100, arguments=lambda split: {"train": True}, splits=("train",), native_size=32,
+        cls=LocalCIFAR100, arguments=lambda split: {"train": split == "train"}, splits=("train",), native_size=32,
         recipe="simclr_cifar", mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
     "stl10": TorchvisionSet(
         cls=LocalSTL10, arguments=lambda split: {"split": split}, splits=("train+unlabeled", "train", "unlabeled"),
@@ -104,9 +104,13 @@ SETS: dict[str, TorchvisionSet] = {
 }
 
 
-def resolve_split(name: str, split: str) -> str:
-    """``split`` of dataset ``name``, "" meaning its pretraining split; ValueError if it has none such."""
-    splits = SETS[name].splits
+EVAL_SPLITS = ("train", "test")  # every set's labelled training split and its test split (evaluation)
+
+
+def resolve_split(name: str, split: str, *, evaluation: bool = False) -> str:
+    """``split`` of dataset ``name``, "" meaning its pretraining split; ValueError if it has none such.
+    With ``evaluation``, the labelled splits that evaluation reads (EVAL_SPLITS) are accepted too."""
+    splits = SETS[name].splits + (EVAL_SPLITS if evaluation else ())
     if split and split not in splits:
         raise ValueError(f"{name} has no split {split!r}; choose one of {list(splits)}")
     return split or splits[0]
@@ -116,7 +120,7 @@ def open_set(name: str, root: str, split: str = "") -> VisionDataset:
     """The dataset ``name`` (a key of SETS) read from ``root``. Raises ValueError, naming the path
     and what is missing or unreadable under it, before any image is used."""
     spec = SETS[name]
-    split = resolve_split(name, split)
+    split = resolve_split(name, split, evaluation=True)
     folder = os.path.join(root, spec.folder)
     if not os.path.isdir(folder):
         raise ValueError(f"no directory {folder} (the {name} files in torchvision's layout)")

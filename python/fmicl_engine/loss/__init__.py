@@ -11,9 +11,11 @@ same keywords, registered by name in ``LOSS_REGISTRY`` for ``build_loss(name, **
 Errors: LossArgumentError (a ValueError; ``.argument`` names the input or keyword) for invalid
 arguments, NonFiniteLossError (a FloatingPointError) when the loss overflows to inf/NaN.
 
-The checks of values on the device (finite embeddings, loss and fused gradient) raise at once, a
-host-device sync each; inside ``with DeferredFiniteChecks() as checks:`` they are recorded on the
-device instead, and ``checks.check()`` (one sync) raises the first failure since the last check.
+The checks of values on the device (finite embeddings, loss and fused gradient; each once per
+call) raise at once, a host-device sync each; inside ``with DeferredFiniteChecks() as checks:`` they
+are recorded on the device instead, and ``checks.check()`` (one sync) raises the first failure since
+the last check. Nothing else on the fused path reads a device value, and under ``torch.no_grad()``
+the fused ops compute the loss without its gradient.
 """
 
 from fmicl_engine.loss.functional import align_uniform_loss, emmi_loss, fmicl_loss, infonce_loss, rpc_loss

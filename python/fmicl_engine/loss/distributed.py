@@ -27,6 +27,12 @@ The uniformity op runs on rows in the compute dtype (float32 for float16/bfloat1
 process: the gradient of the unnormalised pair sum, dS/dz, overflows float16 for large N although
 the gradient of L_uniform (dS/dz / S) does not.
 
+No host-device sync: the anchors are made on the host (the ops take them there) and the
+collectives are enqueued on the device. The gradient check is the caller's (``check_gradient``):
+validation.raise_if all-reduces its verdict and reads it at once by default; inside
+DeferredFiniteChecks it records the verdict instead, and the all-reduce happens once per
+``check()``, not per step.
+
 Every rank must hold the same number of pairs n (DistributedSampler guarantees it); the
 collectives reject unequal sizes. Backends: any with single-tensor all-gather and reduce-scatter
 (NCCL; gloo in torch 2.14).
@@ -39,6 +45,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from fmicl_engine.loss import ops
 from fmicl_engine.loss.validation import compute_dtype
 
 # torch 2.14 renamed the single-tensor collectives and deprecated the old names (a warning on
@@ -46,16 +53,14 @@ from fmicl_engine.loss.validation import compute_dtype
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
-# The ops of cpp/bindings/ops.cpp that return (sum over anchors of per-anchor terms, its gradient).
-ADDITIVE_OPS = ("fmicl_fwd_bwd", "infonce_fwd_bwd")
-UNIFORMITY_OP = "uniformity_fwd_bwd"
-
-
-def fused_op(op_name: str):
-    """torch.ops.fmicl.<op_name>: (z, anchors, *op_args) -> (loss pieces, grad_z)."""
-    from fmicl_engine import _ext  # noqa: F401  (loads _C, which registers torch.ops.fmicl)
-
-    return getattr(torch.ops.fmicl, op_name)
+# An op of ops.py with the objective's keywords bound (functools.partial), called as
+# op(z, anchors, needs_grad=...) -> (value pieces, grad_z (2N, d)).
+FusedOp = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+# Called in the forward as check_gradient(grad_z, group=group) with this rank's share of the
+# gradient of the returned value (2N, d), before the shares are summed; it must raise on every
+# rank or on none (a rank raising alone leaves the others waiting in the next collective), e.g.
+# by all-reducing its verdict over ``group`` (fused.check_finite_gradient).
+GradientCheck = Callable[..., None]
 
 
 def to_global_layout(rank_blocks: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -72,9 +77,10 @@ def from_global_layout(global_rows: torch.Tensor, world_size: int) -> torch.Tens
     return global_rows.view(2, world_size, n, d).transpose(0, 1).reshape(rows, d)
 
 
-def rank_anchors(rank: int, world_size: int, n: int, device: torch.device) -> torch.Tensor:
-    """Global indices of rank `rank`'s anchors: its z1 rows, then its z2 rows.  (2n,) int64"""
-    local = torch.arange(n, dtype=torch.int64, device=device) + rank * n
+def rank_anchors(rank: int, world_size: int, n: int) -> torch.Tensor:
+    """Global indices of rank `rank`'s anchors: its z1 rows, then its z2 rows.  (2n,) int64 on the
+    CPU: the ops take anchors on the host, so they check them without waiting for a GPU."""
+    local = torch.arange(n, dtype=torch.int64) + rank * n
     return torch.cat([local, local + world_size * n])
 
 
@@ -96,12 +102,11 @@ def sum_row_grads(grad_global: torch.Tensor, group) -> tuple[torch.Tensor, torch
     return mine.chunk(2)
 
 
-def _gather_and_run(op_name, z1, z2, op_args, group):
-    """All-gather, then the fused op on this rank's anchors: (pieces, grad_z (2N, d))."""
+def _gather_and_run(op: FusedOp, z1, z2, group, needs_grad: bool):
+    """All-gather, then the fused op on this rank's anchors: (pieces, grad_z (2N, d) or (0, d))."""
     world_size, rank = dist.get_world_size(group), dist.get_rank(group)
     z = gather_global_batch(z1.detach(), z2.detach(), group)  # 2N x d
-    anchors = rank_anchors(rank, world_size, z1.shape[0], z.device)
-    return fused_op(op_name)(z, anchors, *op_args)
+    return op(z, rank_anchors(rank, world_size, z1.shape[0]), needs_grad=needs_grad)
 
 
 def _summed_row_grads(ctx, grad_loss):
@@ -113,15 +118,15 @@ def _summed_row_grads(ctx, grad_loss):
     return sum_row_grads(grad_z * scale, ctx.group)
 
 
-class _DistributedAdditiveLoss(torch.autograd.Function):
+class _GatheredAdditiveLoss(torch.autograd.Function):
     """W · (this rank's anchors' share of the global loss); see the module docstring."""
 
     @staticmethod
-    def forward(ctx, z1, z2, op_name, op_args, group, check_gradient):
-        loss_sum, grad_z = _gather_and_run(op_name, z1, z2, op_args, group)  # (), 2N x d
-        if check_gradient is not None:
-            check_gradient(grad_z, group=group)
-        if any(ctx.needs_input_grad[:2]):
+    def forward(ctx, z1, z2, op, group, needs_grad, check_gradient):
+        loss_sum, grad_z = _gather_and_run(op, z1, z2, group, needs_grad)  # (), 2N x d
+        if needs_grad:
+            if check_gradient is not None:
+                check_gradient(grad_z, group=group)
             ctx.save_for_backward(grad_z)
         ctx.group = group
         ctx.world_size = dist.get_world_size(group)
@@ -133,48 +138,32 @@ class _DistributedAdditiveLoss(torch.autograd.Function):
         return *_summed_row_grads(ctx, grad_loss), None, None, None, None
 
 
-class _DistributedUniformity(torch.autograd.Function):
+class _GatheredUniformity(torch.autograd.Function):
     """L_uniform = ½ Σ_v log(S_v / (N(N−1)/2)) of the global batch, S_v = Σ_{i<j in view v} exp(-t D_ij)."""
 
     @staticmethod
-    def forward(ctx, z1, z2, op_args, group, check_gradient):
-        sum_exp, grad_z = _gather_and_run(UNIFORMITY_OP, z1, z2, op_args, group)  # (2,), 2N x d
+    def forward(ctx, z1, z2, op, group, needs_grad, check_gradient):
+        sum_exp, grad_z = _gather_and_run(op, z1, z2, group, needs_grad)  # (2,), 2N x d
         dist.all_reduce(sum_exp, op=dist.ReduceOp.SUM, group=group)  # this rank's pieces -> S
-        n_global = grad_z.shape[0] // 2
-        pairs = n_global * (n_global - 1) / 2
-        # d L / d(rows of view v) = ½ dS_v / S_v: scale each view's rows of this rank's share.
-        if any(ctx.needs_input_grad[:2]):
-            view_scale = (0.5 / sum_exp).to(grad_z.dtype).repeat_interleave(n_global)[:, None]
+        n_global = z1.shape[0] * dist.get_world_size(group)
+        if needs_grad:
+            # d L / d(rows of view v) = ½ dS_v / S_v: scale each view's rows of this rank's share.
+            view_scale = (0.5 / sum_exp).to(grad_z.dtype)[:, None, None].expand(2, n_global, 1).reshape(-1, 1)
             grad_z = grad_z * view_scale
             if check_gradient is not None:
                 check_gradient(grad_z, group=group)
             ctx.save_for_backward(grad_z)
         ctx.group = group
         ctx.world_size = dist.get_world_size(group)
-        return 0.5 * (torch.log(sum_exp[0] / pairs) + torch.log(sum_exp[1] / pairs))
+        return ops.uniformity_from_sums(sum_exp, n_global)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        return *_summed_row_grads(ctx, grad_loss), None, None, None
+        return *_summed_row_grads(ctx, grad_loss), None, None, None, None
 
 
-def distributed_pairwise_loss(op_name: str, z1: torch.Tensor, z2: torch.Tensor, op_args: tuple = (),
-                              group=None, check_gradient: Callable[[torch.Tensor, object], None] | None = None
-                              ) -> torch.Tensor:
-    """The global-batch loss term of ``torch.ops.fmicl.<op_name>``, in the convention above.
-
-    op_name: "fmicl_fwd_bwd" or "infonce_fwd_bwd" -> W × this rank's share of the loss (0-dim,
-        the op's dtype: float64); "uniformity_fwd_bwd" -> L_uniform of the global batch.
-    z1, z2: (n, d) this rank's two views, raw (the op normalises where its arguments say so).
-    op_args: the op's arguments after ``anchors``, e.g. for fmicl_fwd_bwd (divergence, similarity,
-        sigma, tau, mu, alpha, tsallis_alpha, normalize, tile); for uniformity_fwd_bwd (t, tile).
-    group: the process group (default: the global one).
-    check_gradient: called in the forward as ``check_gradient(grad_z, group=group)`` with this rank's
-        share of the gradient of the returned value (2N, d), before the shares are summed; it
-        must raise on every rank or on none (a rank raising alone leaves the others waiting in
-        the next collective), e.g. by all-reducing its verdict over ``group``.
-    """
+def _check_process_group(z1: torch.Tensor, z2: torch.Tensor) -> None:
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "gather_distributed=True needs an initialised torch.distributed process group "
@@ -182,11 +171,35 @@ def distributed_pairwise_loss(op_name: str, z1: torch.Tensor, z2: torch.Tensor, 
         )
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (n, d); got {tuple(z1.shape)} and {tuple(z2.shape)}")
+
+
+def _needs_grad(z1: torch.Tensor, z2: torch.Tensor) -> bool:
+    # decided here, not in the Functions' forward, where grad mode is always off
+    return torch.is_grad_enabled() and (z1.requires_grad or z2.requires_grad)
+
+
+def gathered_loss(op: FusedOp, z1: torch.Tensor, z2: torch.Tensor, *, group=None,
+                  check_gradient: GradientCheck | None = None) -> torch.Tensor:
+    """W × this rank's share of the global-batch loss of an additive op (0-dim, float64).
+
+    op: ops.fmicl_fwd_bwd or ops.infonce_fwd_bwd with the objective's keywords bound, e.g.
+        ``functools.partial(ops.infonce_fwd_bwd, tau=0.2)``.
+    z1, z2: (n, d) this rank's two views, raw (the op normalises where its arguments say so).
+    group: the process group (default: the global one). check_gradient: see GradientCheck.
+    """
+    _check_process_group(z1, z2)
     group = dist.group.WORLD if group is None else group
-    if op_name in ADDITIVE_OPS:
-        return _DistributedAdditiveLoss.apply(z1, z2, op_name, tuple(op_args), group, check_gradient)
-    if op_name == UNIFORMITY_OP:
-        dtype = compute_dtype(z1.dtype)  # see the module docstring: dS/dz overflows float16
-        return _DistributedUniformity.apply(z1.to(dtype), z2.to(dtype), tuple(op_args), group, check_gradient)
-    raise ValueError(f"distributed_pairwise_loss: unknown op {op_name!r}; expected one of "
-                     f"{ADDITIVE_OPS + (UNIFORMITY_OP,)}")
+    return _GatheredAdditiveLoss.apply(z1, z2, op, group, _needs_grad(z1, z2), check_gradient)
+
+
+def gathered_uniformity(op: FusedOp, z1: torch.Tensor, z2: torch.Tensor, *, group=None,
+                        check_gradient: GradientCheck | None = None) -> torch.Tensor:
+    """L_uniform of the global batch (0-dim float64, the same on every rank), in the compute dtype's
+    rows (see the module docstring: dS/dz overflows float16).
+
+    op: ops.uniformity_fwd_bwd with t (and tile) bound. Other arguments as in gathered_loss.
+    """
+    _check_process_group(z1, z2)
+    group = dist.group.WORLD if group is None else group
+    dtype = compute_dtype(z1.dtype)
+    return _GatheredUniformity.apply(z1.to(dtype), z2.to(dtype), op, group, _needs_grad(z1, z2), check_gradient)

@@ -6,12 +6,24 @@ in float32 for float16/bfloat16 embeddings and in the embeddings' dtype otherwis
 
 Backends of the pairwise objectives (fmicl, infonce, align_uniform), ``backend=``:
   "reference"  pure PyTorch (reference.py), any device and dtype;
-  "fused"      ``fmicl_engine.loss.fused.pairwise_loss`` (C++/CUDA, memory-lean);
-  "auto"       fused when ``fused.supports(...)`` says it handles these inputs, else reference.
+  "fused"      ``fmicl_engine.loss.fused.pairwise_loss`` (C++/CUDA, memory-lean); a
+               LossArgumentError where this build has no kernels for the device (a CUDA tensor
+               in a build without FMICL_CUDA);
+  "auto"       fused when ``fused.supports(...)`` says it handles these inputs, else reference:
+               a device without kernels warns once (RuntimeWarning) before taking the reference.
 ``gather_distributed=True`` (negatives from every rank) always runs the fused backend.
+
+Checks, each once per call: the arguments (host values, free); the embeddings' layout (shape,
+dtype, device: free); finite embeddings, a finite loss and, on the fused backend, a finite
+gradient. The last three read a device value: immediate by default (a host-device sync each), or,
+inside ``validation.DeferredFiniteChecks``, recorded on the device and raised by its ``check()``
+(the training engine's choice: no sync between logging steps). Under gather_distributed the ranks
+agree on them (validation.raise_if).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -21,22 +33,43 @@ from fmicl_engine.loss.validation import (BACKENDS, align_uniform_hyperparameter
                                           fmicl_hyperparameters, infonce_hyperparameters, rpc_hyperparameters)
 
 _REFERENCE = {"fmicl": reference.fmicl, "infonce": reference.infonce, "align_uniform": reference.align_uniform}
+_WARNED_DEVICE_TYPES: set[str] = set()  # "auto" took the reference for lack of kernels: warned once per type
 
 
-def _pairwise(objective: str, z1, z2, hyperparameters: dict, backend, gather_distributed) -> torch.Tensor:
+def _runs_fused(objective: str, z1, z2, hyperparameters: dict, backend: str, gather_distributed: bool) -> bool:
+    if backend == "reference" and not gather_distributed:
+        return False
+    from fmicl_engine.loss import fused  # imported here: the reference path must not need the build
+
+    if gather_distributed or backend == "fused" or fused.supports(objective, z1, z2, **hyperparameters):
+        return True
+    missing = fused.missing_kernels(z1.device)
+    if missing is not None and z1.device.type not in _WARNED_DEVICE_TYPES:
+        _WARNED_DEVICE_TYPES.add(z1.device.type)
+        warnings.warn(f"backend='auto' computes {objective} on {z1.device.type} tensors with the reference backend, "
+                      f"which stores the (2N x 2N) pairwise matrices: {missing} (backend='reference' silences this)",
+                      RuntimeWarning, stacklevel=4)
+    return False
+
+
+def _pairwise(objective: str, z1, z2, hyperparameters: dict, backend, gather_distributed, *, scale: str | None,
+              context: dict) -> torch.Tensor:
+    """The checked loss of a pairwise objective; ``scale`` and ``context`` describe a non-finite one."""
     backend = check_choice("backend", backend, BACKENDS)
     gather_distributed = check_bool("gather_distributed", gather_distributed)
     check_pair(z1, z2)
-    if gather_distributed or backend != "reference":
-        from fmicl_engine.loss import fused  # imported here: the reference path must not need the build
+    if _runs_fused(objective, z1, z2, hyperparameters, backend, gather_distributed):
+        from fmicl_engine.loss import fused
 
-        if gather_distributed or backend == "fused" or fused.supports(objective, z1, z2, **hyperparameters):
-            return fused.pairwise_loss(objective, z1, z2, gather_distributed=gather_distributed, **hyperparameters)
-    return _REFERENCE[objective](z1, z2, **hyperparameters)
+        loss = fused.pairwise_loss(objective, z1, z2, gather_distributed=gather_distributed, **hyperparameters)
+    else:
+        loss = _REFERENCE[objective](z1, z2, **hyperparameters)
+    group = None
+    if gather_distributed:  # each rank holds a share of the loss: the ranks agree on the verdict
+        import torch.distributed as dist
 
-
-def _scale_name(hyperparameters: dict) -> str:
-    return "sigma" if hyperparameters["similarity"] == "gaussian" else "tau"
+        group = dist.group.WORLD
+    return check_finite_loss(loss, objective, **context, scale=scale, group=group)
 
 
 def fmicl_loss(z1: torch.Tensor, z2: torch.Tensor, divergence: str = "kl", similarity: str = "gaussian", *,
@@ -48,10 +81,9 @@ def fmicl_loss(z1: torch.Tensor, z2: torch.Tensor, divergence: str = "kl", simil
     ``normalize`` L2-normalises the rows before D is formed; the cosine C is scale-free, so it does
     not change the cosine similarity."""
     hp = fmicl_hyperparameters(divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha, normalize)
-    loss = _pairwise("fmicl", z1, z2, hp, backend, gather_distributed)
-    scale = _scale_name(hp)
-    return check_finite_loss(loss, "fmicl", divergence=hp["divergence"], similarity=hp["similarity"],
-                             **{scale: hp[scale]}, scale=scale)
+    scale = "sigma" if hp["similarity"] == "gaussian" else "tau"
+    context = dict(divergence=hp["divergence"], similarity=hp["similarity"], **{scale: hp[scale]})
+    return _pairwise("fmicl", z1, z2, hp, backend, gather_distributed, scale=scale, context=context)
 
 
 def infonce_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5, normalize: bool = True,
@@ -61,8 +93,7 @@ def infonce_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5, normal
     The cosine normalises by definition, so ``normalize`` does not change the value; it is
     accepted so every pairwise objective takes the same keywords."""
     hp = infonce_hyperparameters(tau, normalize)
-    loss = _pairwise("infonce", z1, z2, hp, backend, gather_distributed)
-    return check_finite_loss(loss, "infonce", tau=hp["tau"], scale="tau")
+    return _pairwise("infonce", z1, z2, hp, backend, gather_distributed, scale="tau", context=dict(tau=hp["tau"]))
 
 
 def align_uniform_loss(z1: torch.Tensor, z2: torch.Tensor, *, align_alpha: float = 2.0, t: float = 2.0,
@@ -70,8 +101,7 @@ def align_uniform_loss(z1: torch.Tensor, z2: torch.Tensor, *, align_alpha: float
                        gather_distributed: bool = False) -> torch.Tensor:
     """Wang & Isola: L_align + lambda_uniform L_uniform on L2-normalised embeddings."""
     hp = align_uniform_hyperparameters(align_alpha, t, lambda_uniform)
-    loss = _pairwise("align_uniform", z1, z2, hp, backend, gather_distributed)
-    return check_finite_loss(loss, "align_uniform", **hp)
+    return _pairwise("align_uniform", z1, z2, hp, backend, gather_distributed, scale=None, context=hp)
 
 
 def rpc_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5, alpha: float = 0.0, beta: float = 0.001,

@@ -167,11 +167,11 @@ def rpc(z1, z2, *, tau, alpha, beta, gamma, normalize):
     return -objective
 
 
-def _cholesky_logdet(matrix: torch.Tensor, eps: float) -> torch.Tensor:
+def _cholesky_logdet(matrix: torch.Tensor, name: str, eps: float) -> torch.Tensor:
     chol, info = torch.linalg.cholesky_ex(matrix)  # info: the order of the first non-positive leading minor, or 0
     raise_if(info != 0, Failure(
         NonFiniteLossError, "eps",
-        f"emmi: a covariance matrix is not positive definite in {matrix.dtype} at eps={eps} (its leading minor "
+        f"emmi: {name} is not positive definite in {matrix.dtype} at eps={eps} (its leading minor "
         f"of order {{value}} is not); increase eps or pass float64 embeddings"), value=info)
     return 2 * torch.log(torch.diagonal(chol)).sum()
 
@@ -181,6 +181,7 @@ def emmi(z1, z2, *, eps):
     z = torch.cat([z1, z2], dim=1).to(compute_dtype(z1.dtype))  # N x 2d
     z = z - z.mean(0)
     joint = z.T @ z / (n - 1) + eps * torch.eye(2 * d, dtype=z.dtype, device=z.device)  # 2d x 2d
-    mi = 0.5 * (_cholesky_logdet(joint[:d, :d], eps) + _cholesky_logdet(joint[d:, d:], eps)
-                - _cholesky_logdet(joint, eps))
+    mi = 0.5 * (_cholesky_logdet(joint[:d, :d], "the covariance of z1", eps)
+                + _cholesky_logdet(joint[d:, d:], "the covariance of z2", eps)
+                - _cholesky_logdet(joint, "the joint covariance of [z1, z2]", eps))
     return -mi

@@ -18,7 +18,7 @@ import contextvars
 import difflib
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -26,7 +26,6 @@ import torch
 DIVERGENCES = ("kl", "js", "pearson", "sh", "tsallis", "vlc")
 SIMILARITIES = ("gaussian", "cosine")
 BACKENDS = ("auto", "fused", "reference")
-PAIRWISE_OBJECTIVES = ("fmicl", "infonce", "align_uniform")
 BOUNDS = ("infonce", "nwj", "dv")
 CRITICS = ("bilinear", "separable", "concat")
 
@@ -58,10 +57,16 @@ class NonFiniteLossError(FloatingPointError):
         return type(self), (str(self), self.argument)
 
 
-def did_you_mean(value: str, choices: Sequence[str]) -> str:
-    """'; did you mean 'x'?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+def did_you_mean(word, choices: Iterable, prefix: str = "") -> str:
+    """" (did you mean 'x'?)" for the choice closest to ``word``, or "" when none is close or
+    ``word`` is not a string. ``prefix`` goes before the suggestion (a config section: "loss.").
+
+    The one spelling hint of the package: loss arguments and config keys both use it.
+    """
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, [str(choice) for choice in choices], n=1)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,14 +145,9 @@ def _check_finite(name: str, z: torch.Tensor) -> None:
     raise_if(~torch.isfinite(z).all(), Failure(LossArgumentError, name, f"{name} contains inf or NaN"))
 
 
-def check_embeddings(name: str, z, min_rows: int = 2) -> None:
-    """A finite floating-point (rows, dim) tensor with at least ``min_rows`` rows and one column."""
-    _check_layout(name, z, min_rows)
-    _check_finite(name, z)
-
-
 def check_pair(z1, z2, min_rows: int = 2) -> None:
-    """Two views' embeddings: each as in ``check_embeddings``, with the same shape, dtype, device."""
+    """Two views' embeddings: each a finite floating-point (rows, dim) tensor with at least
+    ``min_rows`` rows and one column, both with the same shape, dtype and device."""
     _check_layout("z1", z1, min_rows)
     _check_layout("z2", z2, min_rows)
     if z1.shape != z2.shape:

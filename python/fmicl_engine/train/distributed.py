@@ -49,7 +49,7 @@ def world_size_from_env() -> int:
 def init_distributed(device_name: str, timeout_s: int) -> DistContext:
     """The process group of this torchrun job (or a world of one) and this rank's device."""
     world_size = world_size_from_env()
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # the rank itself: from the process group
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device("cuda", local_rank) if device_name == "cuda" else torch.device("cpu")

@@ -80,12 +80,13 @@ class PretrainingObjective(nn.Module):
         self.model, self.loss_fn = model, loss_fn
         self.autocast_dtype, self.device_type = AUTOCAST_DTYPES[precision], device.type
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, the first view's encoder features, for the online probe)."""
         with torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            _, z = self.model(torch.cat([view1, view2]))
+            features, z = self.model(torch.cat([view1, view2]))
         z1, z2 = z.float().chunk(2)
-        return self.loss_fn(z1, z2)
+        return self.loss_fn(z1, z2), features[: len(view1)]
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Session:
     metrics: MetricsLog
     stop: StopRequest
     finite_checks: Any  # loss.DeferredFiniteChecks: the loss's value checks, read on logging steps
+    online_probe: Any  # eval.OnlineLinearProbe on detached features, or None
     log: Callable[[str], None]
     config_text: str
     steps_per_epoch: int
@@ -153,7 +155,9 @@ def train_one_epoch(s: Session, epoch: int, window: MetricWindow, epoch_window: 
             lr = s.lr_at(s.step)
             for group in s.optimizer.param_groups:
                 group["lr"] = lr
-            loss = s.objective(view1, view2)
+            loss, features = s.objective(view1, view2)
+            if s.online_probe is not None:
+                s.online_probe.step(features, batch[2].to(s.ctx.device, non_blocking=True))
             s.optimizer.zero_grad(set_to_none=True)
             s.scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -199,6 +203,8 @@ def save_checkpoint(s: Session, epoch: int) -> None:
             "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
             "data": [r["data"] for r in ranks], "rng": [r["rng"] for r in ranks],
             "progress": s.progress_now(),
+            "online_probe": None if s.online_probe is None else {
+                "linear": s.online_probe.state_dict(), "optimizer": s.online_probe.optimizer.state_dict()},
         })
     barrier(s.ctx)  # no rank runs ahead of a checkpoint that may be the last
 
@@ -210,6 +216,9 @@ def restore(s: Session, state: dict[str, Any]) -> int:
     s.optimizer.load_state_dict(state["optimizer"])
     s.scaler.load_state_dict(state["scaler"])
     s.step, s.progress = state["step"], dict(state["progress"])
+    if s.online_probe is not None and state.get("online_probe") is not None:
+        s.online_probe.load_state_dict(state["online_probe"]["linear"])
+        s.online_probe.optimizer.load_state_dict(state["online_probe"]["optimizer"])
     epoch, s.batches_done = state["epoch"], state["batches_done"]
     if s.batches_done >= s.steps_per_epoch:  # saved at an epoch's end
         epoch, s.batches_done = epoch + 1, 0
@@ -326,7 +335,7 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
     session = Session(cfg=cfg, ctx=ctx, data=data, model=model, loss_fn=loss_fn, objective=objective,
-                      optimizer=optimizer, scaler=scaler,
+                      optimizer=optimizer, scaler=scaler, online_probe=build_online_probe(cfg, model, ctx),
                       store=CheckpointStore(out_dir / "checkpoints", keep=cfg.train.keep_checkpoints),
                       metrics=None, stop=StopRequest(),
                       finite_checks=DeferredFiniteChecks(group=dist.group.WORLD if ctx.distributed else None),
@@ -371,13 +380,15 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
             if stopped_by is None:
                 epoch, session.batches_done = epoch + 1, 0
     session.metrics.close()
+    if hasattr(data.loader, "close"):  # a DALI loader's reader threads
+        data.loader.close()
     progress_figures = session.progress_now()
     stopped_by = None if stopped_by == "max_steps" else stopped_by
     if stopped_by is not None:
         log(f"stopped by {stopped_by} at step {session.step}"
             + (": checkpoint written; rerun the same command to resume" if cfg.train.checkpoint else ""))
 
-    # ------------------------------------------------------------------------------ linear probe, results
+    # ------------------------------------------------------------------------------ evaluation, results
     results = {"objective": {"name": cfg.loss.name, **cfg.loss.kwargs()}, "arch": cfg.model.arch,
                "dataset": cfg.data.dataset, "seed": cfg.run.seed, "world_size": ctx.world_size,
                "steps": session.step, "total_steps": total_steps, "resumed_from_step": resumed_from,
@@ -391,6 +402,16 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
                 results[f"random_init_probe_{key}"] = progress_figures["random_init_probe"][key]
         barrier(ctx)
         probe_seconds += time.perf_counter() - t
+    if stopped_by is None and evaluates(cfg):
+        t = time.perf_counter()
+        from fmicl_engine.eval.evaluate import evaluate
+
+        report = evaluate(model, cfg, ctx, cache_dir=out_dir / "features" / f"step_{session.step:08d}")
+        if ctx.is_main:
+            (out_dir / "eval.json").write_text(json.dumps({"step": session.step, **report}, indent=2) + "\n")
+            results.update({k: report[k] for k in EVAL_SUMMARY if k in report})
+            log("evaluation: " + ", ".join(f"{k} {report[k]:.4f}" for k in EVAL_SUMMARY if k in report))
+        probe_seconds += time.perf_counter() - t
     train_seconds = progress_figures["train_seconds"]
     results.update({
         "pretrain_seconds": round(train_seconds, 2),  # over every session of the run
@@ -402,15 +423,71 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
     })
     if ctx.is_main and stopped_by is None:
         (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_figures(out_dir, log)
     return results
 
 
+EVAL_SUMMARY = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "alignment", "uniformity")
+
+
+def evaluates(cfg: Config) -> bool:
+    """Whether the run has a held-out split to evaluate on, and is asked to."""
+    e = cfg.eval
+    heldout = cfg.data.dataset != "imagefolder" or bool(cfg.data.imagefolder.val_root)
+    return heldout and bool(e.knn or e.linear_epochs or e.geometry_pairs)
+
+
+def num_classes(cfg: Config) -> int:
+    from fmicl_engine.data.torchvision_sets import SETS
+
+    if cfg.data.dataset == "digits":
+        return 10
+    if cfg.data.dataset == "imagefolder":
+        return sum(1 for d in Path(cfg.data.imagefolder.root).iterdir() if d.is_dir())
+    return len(SETS[cfg.data.dataset].cls.__dict__.get("classes", [])) or (100 if cfg.data.dataset == "cifar100" else 10)
+
+
+def build_online_probe(cfg: Config, model: nn.Module, ctx: DistContext):
+    if not cfg.eval.online_probe:
+        return None
+    from fmicl_engine.eval.linear_sgd import OnlineLinearProbe
+
+    return OnlineLinearProbe(model.encoder.out_dim, num_classes(cfg)).to(ctx.device)
+
+
+def epoch_figures(s: Session) -> dict[str, float]:
+    """The online probe's top-1 and the held-out geometry of the epoch just ended (every rank calls it)."""
+    figures = {}
+    if s.online_probe is not None:
+        figures["online_probe_top1"] = s.online_probe.compute()["online_top1"]
+    if s.cfg.eval.geometry_pairs and evaluates(s.cfg):
+        if s.ctx.is_main:
+            from fmicl_engine.eval.evaluate import geometry_figures
+
+            figures.update(geometry_figures(s.model, s.cfg, s.ctx.device))
+        barrier(s.ctx)
+    return figures
+
+
+def write_figures(out_dir: Path, log: Callable[[str], None]) -> None:
+    try:
+        from fmicl_engine.eval.report import write_run_figures
+    except ImportError as err:  # matplotlib is a dependency; a broken install should not lose the run
+        log(f"warning: no figures ({err})")
+        return
+    write_run_figures(out_dir, log=log)
+
+
 def log_epoch_summary(s: Session, epoch: int, first_step: int, window: MetricWindow) -> None:
+    """One line per epoch on stderr, and its record in epochs.jsonl."""
     figures = window.read()
+    extra = epoch_figures(s)
+    s.metrics.write_epoch({"epoch": epoch, "step": s.step, "loss": figures["loss"], **extra})
     s.log(f"epoch {epoch + 1}/{s.cfg.train.epochs}: steps {first_step + 1}-{s.step} of {s.total_steps}, "
           f"loss {figures['loss']:.4f}, {figures['images_per_s']:.0f} images/s, "
           f"data wait {100 * figures['data_wait_fraction']:.0f}%, lr {s.lr_at(s.step - 1):.3g}"
-          + (f", peak GPU memory {figures['peak_gpu_mem_gib']:.2f} GiB" if "peak_gpu_mem_gib" in figures else ""))
+          + (f", peak GPU memory {figures['peak_gpu_mem_gib']:.2f} GiB" if "peak_gpu_mem_gib" in figures else "")
+          + "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in extra.items()))
 
 
 def probe(model, data: ProbeData, cfg: Config, device: torch.device) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Training metrics: accumulated on the device between logging steps, read and written at them.
+"""Training metrics: accumulated on the device between logging steps, read and written at them;
+and one record per epoch in ``epochs.jsonl`` (loss, online-probe top-1, held-out geometry).
 
 Every step adds its loss to a device tensor (no host-device sync); a logging step all-reduces the
 window's sums across ranks once, reads them, and rank 0 appends a line to ``metrics.jsonl`` and
@@ -59,6 +60,19 @@ class MetricWindow:
         return figures
 
 
+def _truncate_to_step(path: Path, resume_step: int, warn) -> None:
+    """A resumed run continues the file of the run it resumes, minus what followed its checkpoint."""
+    lines = path.read_text(errors="replace").splitlines() if resume_step and path.exists() else []
+    kept = []
+    for number, line in enumerate(lines, 1):
+        step = _step_of(line)
+        if step is None:  # a line torn by a crash mid-write, or damaged since
+            warn(f"warning: {path}:{number}: dropping an unreadable line ({line[:60]!r})")
+        elif step <= resume_step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def _step_of(line: str) -> int | None:
     try:
         step = json.loads(line)["step"]
@@ -72,21 +86,13 @@ class MetricsLog:
 
     def __init__(self, out_dir: Path, *, enabled: bool, resume_step: int, warn=lambda message: None):
         self.enabled = enabled
-        self.path = out_dir / "metrics.jsonl"
-        self._file = self._writer = None
+        self.path, self.epochs_path = out_dir / "metrics.jsonl", out_dir / "epochs.jsonl"
+        self._file = self._epochs = self._writer = None
         if not enabled:
             return
-        # A resumed run continues the files of the run it resumes, minus what followed its checkpoint.
-        lines = self.path.read_text(errors="replace").splitlines() if resume_step and self.path.exists() else []
-        kept = []
-        for number, line in enumerate(lines, 1):
-            step = _step_of(line)
-            if step is None:  # a line torn by a crash mid-write, or damaged since
-                warn(f"warning: {self.path}:{number}: dropping an unreadable line ({line[:60]!r})")
-            elif step <= resume_step:
-                kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
-        self._file = self.path.open("a")
+        for path in (self.path, self.epochs_path):
+            _truncate_to_step(path, resume_step, warn)
+        self._file, self._epochs = self.path.open("a"), self.epochs_path.open("a")
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
@@ -100,7 +106,18 @@ class MetricsLog:
         for name, value in figures.items():
             self._writer.add_scalar(f"train/{name}", value, step)
 
+    def write_epoch(self, record: dict) -> None:
+        """A line of epochs.jsonl: {"epoch", "step", "loss", and the epoch's evaluation figures}."""
+        if not self.enabled:
+            return
+        self._epochs.write(json.dumps(record) + "\n")
+        self._epochs.flush()
+        for name, value in record.items():
+            if name not in ("epoch", "step"):
+                self._writer.add_scalar(f"epoch/{name}", value, record["step"])
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+            self._epochs.close()
             self._writer.close()
