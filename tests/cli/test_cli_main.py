@@ -126,3 +126,29 @@ def test_a_run_time_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
     debug = cli("--debug", "run", "configs/digits_kl.toml", "--out", out / "run", "--set", "train.max_steps=1")
     assert "Traceback" in debug.stderr
+
+
+def test_run_and_eval_on_a_generated_imagefolder_with_train_and_val(tmp_path):
+    import pytest
+
+    pytest.importorskip("nvidia.dali")
+    from fmicl_engine.data.synthetic import make_image_folder
+
+    make_image_folder(tmp_path / "train", num_classes=2, per_class=12, size=(40, 36))
+    make_image_folder(tmp_path / "val", num_classes=2, per_class=8, size=(40, 36), seed=1)
+    tiny = [f"data.imagefolder.root={tmp_path / 'train'}", f"data.imagefolder.val_root={tmp_path / 'val'}",
+            "data.imagefolder.device=cpu", "run.device=cpu", "data.imagefolder.image_size=32",
+            "data.imagefolder.num_threads=1", "model.arch=digits_cnn", "model.cnn_width=4",
+            "model.projector_hidden_dim=16", "model.projector_out_dim=8", "train.batch_size=8", "train.max_steps=2",
+            "train.precision=fp32", "optim.warmup_epochs=0", "eval.knn_k=5", "eval.linear_epochs=2",
+            "eval.geometry_pairs=16", "eval.mi_steps=5"]
+    sets = [arg for override in tiny for arg in ("--set", override)]
+    ran = cli("run", "configs/imagenet_kl.toml", "--out", tmp_path / "run", "--no-progress", *sets)
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["train_images"] == 24 and report["test_images"] == 16 and 0 <= report["knn_top1"] <= 1
+    evaluated = cli("eval", "configs/imagenet_kl.toml", "--checkpoint", tmp_path / "run", "--out", tmp_path / "eval",
+                    *sets)
+    assert evaluated.returncode == 0, evaluated.stderr
+    again = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert again["knn_top1"] == report["knn_top1"] and again["linear_top1"] == report["linear_top1"]
