@@ -139,3 +139,24 @@ def test_engine_loss_arguments():
 def test_objectives_without_gather_support_use_local_negatives():
     assert [name for name in ("fmicl", "infonce", "align_uniform") if local_negatives_only(name)] == []
     assert all(local_negatives_only(name) for name in ("rpc", "emmi", "mi_bound"))
+
+
+def test_a_config_that_is_not_utf8_is_one_clear_error(tmp_path):
+    from fmicl_engine.config import ConfigError, load_config
+
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"[run]\nseed = 0\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1.toml: is not UTF-8 \(byte 0xe9 on line 3\); save it as UTF-8"):
+        load_config(path)
+
+
+def test_an_out_dir_that_is_or_lies_under_a_file_is_refused_at_validation(tmp_path):
+    from pathlib import Path
+
+    from fmicl_engine.config import ConfigError, load_config
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "digits_kl.toml"
+    (tmp_path / "file").write_text("")
+    for out, problem in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "run", "lies under a file")):
+        with pytest.raises(ConfigError, match=f"run.out_dir: .*{problem}"):
+            load_config(config, [f"run.out_dir={out}"])

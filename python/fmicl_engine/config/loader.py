@@ -146,6 +146,11 @@ def _read_extending(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     return _merge_extending(_read_extending(base_path, chain + (path,)), raw)
 
 
+def text_line(path: Path, offset: int) -> int:
+    """The 1-based line of byte ``offset`` in the file ``path``."""
+    return path.read_bytes()[:offset].count(b"\n") + 1
+
+
 def _read_toml(path: Path, extended_by: Path | None) -> dict[str, Any]:
     by = f" (extended by {extended_by})" if extended_by else ""
     try:
@@ -154,6 +159,10 @@ def _read_toml(path: Path, extended_by: Path | None) -> dict[str, Any]:
         raise ConfigError(str(path), "no such config file" + by) from None
     except OSError as err:
         raise ConfigError(str(path), f"cannot read: {err.strerror}{by}") from None
+    except UnicodeDecodeError as err:  # TOML is UTF-8
+        line = text_line(path, err.start)
+        raise ConfigError(str(path), f"is not UTF-8 (byte 0x{err.object[err.start]:02x} on line {line}); "
+                          f"save it as UTF-8{by}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -426,6 +435,19 @@ def _check_cross_section(cfg: Config, problems: _Problems) -> None:
     if cfg.run.device == "cuda" and problems.usable("run.device") and not _cuda_available():
         problems.report("run.device", "is 'cuda' but torch.cuda.is_available() is False")
     _check_world_size(cfg, problems)
+    if problems.usable("run.out_dir"):
+        _check_out_dir(cfg.run.out_dir, problems)
+
+
+def _check_out_dir(out_dir: str, problems: _Problems) -> None:
+    """The run directory, or its nearest existing ancestor, must be a writable directory."""
+    path = Path(out_dir or ".").absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under a file, {existing}"
+        problems.report("run.out_dir", f"{out_dir} {where}; choose a directory")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problems.report("run.out_dir", f"{existing} is not writable; choose a writable directory")
 
 
 def _check_imagefolder(cfg: Config, problems: _Problems) -> None:
