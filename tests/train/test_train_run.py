@@ -234,3 +234,17 @@ def test_a_run_ends_with_its_evaluation_epoch_records_and_figures(tmp_path):
     figures = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
     assert figures == ["accuracy.png", "alignment_uniformity.png", "loss.png", "similarity_histograms.png"]
     assert all((tmp_path / "run" / "figures" / f).stat().st_size > 1000 for f in figures)
+
+
+def test_a_dataset_smaller_than_one_global_batch_is_a_config_error(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from fmicl_engine.data.synthetic import make_image_folder
+
+    make_image_folder(tmp_path / "train", num_classes=2, per_class=3, size=(40, 36))
+    cfg = config_from_dict({"data": {"dataset": "imagefolder", "imagefolder": {"root": str(tmp_path / "train"),
+                                                                               "image_size": 32, "num_threads": 1}},
+                            "train": {"batch_size": 8}, "eval": {"linear_probe": False},
+                            "run": {"out_dir": str(tmp_path / "run")}})
+    with pytest.raises(ConfigError, match="^train.batch_size: the global batch 8 is larger than the imagefolder"):
+        quiet_run(cfg)
+    assert not (tmp_path / "run").exists()

@@ -292,6 +292,9 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
     # First, before anything is written: a data set found unusable while it is indexed (an empty
     # tree, say) is a config error like the ones load_config finds.
     data = build_training_data(cfg, rank=ctx.rank, world_size=ctx.world_size)
+    if len(data.loader) == 0:
+        raise ConfigError("train.batch_size", f"the global batch {cfg.train.batch_size} is larger than the "
+                          f"{cfg.data.dataset} training set: an epoch would train no step")
 
     # ------------------------------------------------------------------------------ run directory
     config_text = dumps_config(cfg)
