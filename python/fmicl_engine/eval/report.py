@@ -451,7 +451,11 @@ def _compare_figure(runs: Sequence[RunRecord], names: Sequence[str], path: Path)
         return None
     figure = _figure(7.2, 5.4)
     ax = figure.add_subplot()
-    colours = [f"C{i % 10}" for i in range(len(paths))]
+    from matplotlib import colormaps
+
+    # Up to 20 distinct colours (tab20), so that the 14 digits objectives never share one.
+    palette = colormaps["tab10" if len(paths) <= 10 else "tab20"].colors
+    colours = [palette[i % len(palette)] for i in range(len(paths))]
     for (name, epochs, alignment, uniformity), colour in zip(paths, colours):
         _draw_geometry_path(ax, epochs, alignment, uniformity, color=colour, label=name)
     ax.scatter([], [], marker="o", s=60, facecolors="none", edgecolors="black", label="first epoch")
