@@ -90,8 +90,9 @@ def evaluate(model, cfg: Config, ctx: DistContext, *, cache_dir: Path) -> dict[s
     protocol: dict[str, str] = {}
     report: dict[str, Any] = {"train_images": len(train_y), "test_images": len(test_y), "protocol": protocol}
     if e.knn:
+        # bank_chunk: the device holds 65,536 bank rows at a time, not ImageNet's 1.28 M.
         knn = knn_classify(train_x, train_y, test_x, test_y, k=e.knn_k, temperature=e.knn_temperature,
-                           num_classes=splits.num_classes, device=ctx.device)
+                           num_classes=splits.num_classes, device=ctx.device, bank_chunk=65536)
         report.update({"knn_top1": knn.top1, "knn_top5": knn.top5})
         protocol["knn"] = knn.protocol
     if e.linear_epochs:
