@@ -16,6 +16,8 @@ from fmicl_engine.data.digits import (
     uniforms,
 )
 
+from loader_views import views_by_index
+
 
 @pytest.fixture(scope="module")
 def split():
@@ -30,17 +32,6 @@ def make_loader(data, seed=0, batch_size=300, rank=0, world_size=1):
 
 def batches(loader):
     return [tuple(t.clone() for t in b) for b in loader]
-
-
-def views_by_index(loader):
-    """{dataset index: (view1, view2, label)} for each batch of one epoch of ``loader``."""
-    shard = loader.shard(loader.epoch).tolist()
-    out, start = [], loader.position
-    for view1, view2, labels in loader:
-        index = shard[start : start + len(labels)]
-        out.append({i: (a, b, y) for i, a, b, y in zip(index, view1, view2, labels)})
-        start += len(labels)
-    return out
 
 
 def same_views(a, b):

@@ -15,6 +15,8 @@ from fmicl_engine.data.torchvision_reference import apply_view
 from fmicl_engine.data.torchvision_sets import (RECIPES, SETS, build_torchvision_set_loader, open_set,
                                                 resolve_split)
 
+from loader_views import views_by_index
+
 SEED = 5
 
 
@@ -80,17 +82,6 @@ def cifar10(roots):
 def make_loader(images, batch_size=8, rank=0, world_size=1, num_workers=0, name="cifar10"):
     return build_torchvision_set_loader(name, images, batch_size=batch_size, seed=SEED, rank=rank,
                                         world_size=world_size, num_workers=num_workers)
-
-
-def views_by_index(loader):
-    """Per batch of one epoch: {dataset index: (view1, view2, label)}."""
-    shard = loader.shard(loader.epoch).tolist()
-    out, start = [], loader.position
-    for view1, view2, labels in loader:
-        index = shard[start : start + len(labels)]
-        out.append({i: (a, b, y) for i, a, b, y in zip(index, view1, view2, labels)})
-        start += len(labels)
-    return out
 
 
 def same_batches(a, b):
