@@ -27,7 +27,8 @@ import torch.multiprocessing as mp
 from host_reads import host_reads, native_reads
 
 from fmicl_engine import _ext
-from fmicl_engine.loss import DeferredFiniteChecks, NonFiniteLossError, distributed, functional, fused, ops, reference
+from fmicl_engine.loss import (DeferredFiniteChecks, LossArgumentError, NonFiniteLossError, distributed, functional,
+                               fused, ops, reference)
 from fmicl_engine.loss.validation import check_finite_loss
 
 WORLD = 2
@@ -389,7 +390,7 @@ def test_overflow_is_refused_on_every_rank(rank_results):
 
 def test_needs_a_process_group():
     z = torch.randn(2, 3)
-    with pytest.raises(RuntimeError, match="init_process_group"):
+    with pytest.raises(LossArgumentError, match="init_process_group"):
         distributed.gathered_loss(functools.partial(ops.infonce_fwd_bwd, tau=0.5), z, z)
 
 

@@ -270,3 +270,16 @@ def test_defaults_left_open_by_the_paper_are_the_spec_choices():
     assert (rpc["alpha"], rpc["beta"], rpc["gamma"]) == (0.0, 0.001, 1.0)
     au = loss_keywords("align_uniform")
     assert (au["align_alpha"], au["t"], au["lambda_uniform"]) == (2.0, 2.0, 1.0)
+
+
+def test_positional_build_loss_and_a_missing_process_group_name_the_problem():
+    import pytest
+    import torch
+
+    from fmicl_engine.loss import LossArgumentError, build_loss, fmicl_loss
+
+    with pytest.raises(LossArgumentError, match=r"by keyword, e.g. build_loss\('fmicl', divergence=...\); got positional 'kl'"):
+        build_loss("fmicl", "kl")
+    with pytest.raises(LossArgumentError, match="needs an initialised torch.distributed process group") as err:
+        fmicl_loss(torch.randn(4, 3), torch.randn(4, 3), gather_distributed=True)
+    assert err.value.argument == "gather_distributed"

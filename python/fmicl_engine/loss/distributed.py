@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from fmicl_engine.loss import ops
-from fmicl_engine.loss.validation import compute_dtype
+from fmicl_engine.loss.validation import LossArgumentError, compute_dtype
 
 # torch 2.14 renamed the single-tensor collectives and deprecated the old names (a warning on
 # every call); older torch has only the old names.
@@ -165,10 +165,9 @@ class _GatheredUniformity(torch.autograd.Function):
 
 def _check_process_group(z1: torch.Tensor, z2: torch.Tensor) -> None:
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(
-            "gather_distributed=True needs an initialised torch.distributed process group "
-            "(e.g. launch with torchrun and call torch.distributed.init_process_group)"
-        )
+        raise LossArgumentError(
+            "gather_distributed", "gather_distributed=True needs an initialised torch.distributed process group "
+            "(e.g. launch with torchrun and call torch.distributed.init_process_group)")
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (n, d); got {tuple(z1.shape)} and {tuple(z2.shape)}")
 

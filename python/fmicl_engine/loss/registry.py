@@ -70,9 +70,13 @@ def loss_keywords(name: str) -> dict[str, object]:
     return {key: keyword.default for key, keyword in loss_signature(name).items()}
 
 
-def build_loss(name: str, **kwargs) -> nn.Module:
+def build_loss(name: str, *positional, **kwargs) -> nn.Module:
     """The loss module registered as ``name``, built from keyword arguments only."""
     accepted = loss_signature(name)
+    if positional:
+        raise LossArgumentError(next(iter(accepted), "name"), f"build_loss takes {name}'s arguments by keyword, e.g. "
+                                f"build_loss({name!r}, {next(iter(accepted), 'x')}=...); got positional "
+                                f"{', '.join(map(repr, positional))}")
     for key in kwargs:
         if key not in accepted:
             raise LossArgumentError(key, f"{name} loss takes no argument {key!r}; it takes {', '.join(accepted)}"
