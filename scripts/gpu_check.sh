@@ -8,7 +8,8 @@
 #   bash scripts/gpu_check.sh            # on the GPU machine (OUT: its output folder)
 #   bash scripts/gpu_check.sh --cpu      # CPU mode, = GPU_CHECK_CPU_ONLY=1 (also the mode without a GPU)
 #
-# Steps (GPU mode; expected time on one H200 in brackets, cap in the code):
+# Steps (GPU mode; expected time on one H200 in brackets, cap in the code; without a build
+# ~90 s more are left, which the loss ladder and the profile sweep's later rows take):
 # 1. build  [~1.5 min] fmicl_engine._C with the CUDA kernels, by scripts/build_cuda_check.sh
 #           (sm_XY of this GPU), unless the importable extension has them. The module is staged
 #           with a copy of the Python package under build/gpu-check/stage and put first on
@@ -16,10 +17,12 @@
 #           FMICL_CUDA=ON).
 # 2. tests  [~1 min] the CUDA tests against the float64 reference: `pytest -m cuda` on the test
 #           files that mark any (tests/loss/test_cuda_pairwise.py, tests/data/test_dali_color.py).
-# 3. loss   [~2.5 min] engine/bench/loss.py on CUDA, fmicl-kl and infonce, d = 128: 2N = 8,192
+# 3. loss   [~2.3 min] engine/bench/loss.py on CUDA, fmicl-kl and infonce, d = 128: 2N = 8,192
 #           doubling while it fits (--ladder) and the time allows (--time-budget): the eager
 #           reference until it runs out of memory, torch.compile of it (dynamic shapes: one
-#           compilation per objective), the fused op; time and peak memory.
+#           compilation per objective), the fused op; time and peak memory; the report states the
+#           largest 2N each backend held. (Was ~2.5 min: the ladder's last rung, the slowest, goes
+#           first when time is short.)
 # 4. data   [~1 min, only with DALI] engine/bench/data.py --device gpu at 224 px: DALI GPU two-view
 #           images/s against the torchvision DataLoader (8 workers). The device machine has no
 #           DALI (and no network): the step is skipped and the report says so. Measuring it there
@@ -40,27 +43,46 @@
 #             PYTHONPATH=$PWD/.dali/site bash scripts/gpu_check.sh
 #           (the build step then also builds the DALI operators against it). DALI's wheel alone is
 #           several hundred MB (476 MB installed): ~10 calls and minutes of the session's device time.
-# 5. train  [~2.5 min] engine/bench/train.py, ResNet-50, bf16, channels_last, GPU_CHECK_STEPS
-#           steps of GPU_CHECK_BATCH images, then fp32 for 100 steps if time is left. Its --data
-#           auto mode: with DALI, `imagefolder` (the engine end to end on generated JPEGs); without
-#           it, `synthetic` (the engine's model, loss, optimiser and step on random tensors on the
-#           GPU: the compute ceiling). The table says which.
+# 5. profile [~2.3 min] engine/bench/profile_sweep.py: `fmicl-engine profile --synthetic-data` of
+#           the ImageNet configs (bf16, channels_last), ResNet-50 then ResNet-18 at 224 px, per-GPU
+#           batch GPU_CHECK_PROFILE_BATCHES (256 128 64, in that order: the largest batch, where the
+#           loss weighs most, first), f-MICL KL, f-MICL JS and InfoNCE, fused op and PyTorch
+#           reference; 10 steps after 3 per run (~12 s a ResNet-50 run at 256), under --time-budget:
+#           the rows that do not fit are skipped and the table says so. Where each step's time goes
+#           (forward, loss, backward, optimiser), the fused-vs-reference ratios, and the full
+#           ResNet-50 profile table.
+# 6. train  [~0.5 min, optional; ~2 min with DALI] engine/bench/train.py, ResNet-50, bf16,
+#           channels_last, GPU_CHECK_BATCH images. With DALI its `imagefolder` mode (the engine end
+#           to end on generated JPEGs, GPU_CHECK_STEPS steps): required. Without DALI (the device
+#           machine) its `synthetic` mode measures what the profile sweep's ResNet-50 rows already
+#           measure (the engine's model, loss, optimiser and step on random tensors on the GPU),
+#           so it gets the time that is left, if any, for 100 steps as a cross-check over a longer
+#           run (TFLOP/s), and no fp32 run: the sweep took the time of the former 300 bf16 + 100
+#           fp32 steps.
+# Budget on one H200 without DALI, kernels to build (s; cap, inner --time-budget): probe ~10,
+# build ~90 (240), tests ~60 (180), loss ~140 (140, 110), data skipped, profile ~140 (140, 115:
+# ResNet-50 at 256 ~12 s a run x 6, ResNet-18 at 256 ~5 s x 6, then batch 128 while it fits),
+# training the rest if >= 45 s (60), report ~5: ~445 of 450. Without the build: ~90 s more, which
+# the loss ladder cannot use (its cap) and the training cross-check takes.
 #
-# CPU mode (GPU_CHECK_CPU_ONLY=1 or --cpu; CI runs it through tests/test_gpu_check.py, ~40 s here):
+# CPU mode (GPU_CHECK_CPU_ONLY=1 or --cpu; CI runs it through tests/test_gpu_check.py, ~60 s here):
 # the same steps' CPU-reachable part, so that the script cannot rot. The build only if the
 # extension lacks the CUDA kernels and an nvcc whose major version matches torch's CUDA is there
 # (skipped otherwise: the normal install may already build them; ~4 min on 2 cores); the emulated
 # CUDA tests (tests/loss/test_cuda_emulated.py: the kernels compiled as C++ and run on the CPU,
 # against the CPU op in float64; a quick subset); the benchmarks' smoke forms (loss: 2N = 256 to
 # 1024 without torch.compile; data: 32 JPEGs at 64 px, one thread, DALI's CPU backend when
-# installed; train: ResNet-18 on random tensors, 3 steps, fp32). Same report.
+# installed; profile: ResNet-18, 32 px, batch 4, f-MICL KL, both backends, 2 steps after 1, fp32;
+# train: ResNet-18 on random tensors, 3 steps, fp32). Same report.
 #
 # Output under $OUT (else build/gpu-check/out), at most 8 files (the device tool's limit):
 # gpu_check.md (the report), gpu_check.log (all output), build.log, pytest.log, loss.jsonl,
-# data.jsonl, train.jsonl (one JSON line per row), train_metrics.jsonl (the runs' metric lines).
-# Work files (step records, run folders, generated images) go under build/gpu-check/work.
+# data.jsonl, train.jsonl, profile.jsonl (one JSON line per row; profile.jsonl's hold each run's full
+# profile report). Work files (step records, run folders with the training runs' metrics.jsonl,
+# generated images) go under build/gpu-check/work.
 # Env: PYTHON (python3), GPU_CHECK_CPU_ONLY (0), GPU_CHECK_BUDGET_S (450 on a GPU),
-#      GPU_CHECK_BUILD (auto | 1: always | 0: never), GPU_CHECK_STEPS (300), GPU_CHECK_BATCH (256),
+#      GPU_CHECK_BUILD (auto | 1: always | 0: never), GPU_CHECK_STEPS (300: train.py with DALI; 100
+#      without), GPU_CHECK_BATCH (256), GPU_CHECK_PROFILE_BATCHES ("256 128 64"),
 #      GPU_CHECK_LOSS_MAX (1048576: the ladder's largest 2N), GPU_CHECK_EMULATED_K (the pytest -k
 #      expression of the emulated tests run in CPU mode; default a quick subset, empty: all).
 set -uo pipefail
@@ -85,7 +107,7 @@ work_rel=build/gpu-check/work  # in the commands the report shows
 steps_tsv=$work/steps.tsv
 mkdir -p "$out" "$work"
 rm -rf "$out"/bench "$work"/train "$work"/*.md "$steps_tsv"
-rm -f "$out"/{gpu_check.md,gpu_check.log,build.log,pytest.log,loss.jsonl,data.jsonl,train.jsonl,train_metrics.jsonl}
+rm -f "$out"/{gpu_check.md,gpu_check.log,build.log,pytest.log,loss.jsonl,data.jsonl,train.jsonl,profile.jsonl}
 exec > >(tee -a "$out/gpu_check.log") 2>&1
 tee_pid=$!
 trap 'exec >&- 2>&-; wait "$tee_pid"' EXIT  # let tee write the last lines before the script ends
@@ -284,8 +306,8 @@ fi
 # ------------------------------------------------------------------------------------------------
 step "3. loss benchmark"
 if [[ $mode == gpu ]]; then
-  # What the later steps need: training 150 s (+100 for fp32, optional), data 90 s with DALI.
-  limit=$(cap 170 $(( 160 + (${#dali} ? 90 : 0) )))
+  # What the later steps need: the profile sweep 140 s; with DALI also data 90 s and training 120 s.
+  limit=$(cap 140 $(( 140 + (${#dali} ? 210 : 0) )))
   inner=$(( limit - 30 ))  # python start, the floors, a last step past the prediction
   args=(--device cuda --sizes 8192 --ladder "${GPU_CHECK_LOSS_MAX:-1048576}" --objectives fmicl-kl infonce
         --dims 128 --repeats 5 --repeat-max 65536 --floor-max 32768 --compile-dynamic --time-budget "$inner")
@@ -310,7 +332,7 @@ if [[ $mode == gpu && -z $dali ]]; then
   record "data benchmark" skipped 0 0 "$why"
 else
   if [[ $mode == gpu ]]; then
-    limit=$(cap 90 160)
+    limit=$(cap 90 260)
     args=(--device gpu --sizes 224 --images 2048 --batch-size 128 --threads 8 --warmup 2
           --root "$work_rel/data-images")
   else
@@ -325,11 +347,40 @@ else
 fi
 
 # ------------------------------------------------------------------------------------------------
-step "5. training benchmark"
-train_out=$work/train
+step "5. step profile sweep"
 if [[ $mode == gpu ]]; then
-  sizes=(--steps "${GPU_CHECK_STEPS:-300}" --batch-size "${GPU_CHECK_BATCH:-256}")
-  limit=$(cap 150 10)
+  limit=$(cap 140 $(( ${#dali} ? 120 : 0 )))
+  inner=$(( limit - 25 ))  # python and CUDA start (~10 s), a run past its prediction
+  read -r -a batches <<< "${GPU_CHECK_PROFILE_BATCHES:-256 128 64}"
+  args=(--archs resnet50 resnet18 --batches "${batches[@]}" --objectives fmicl-kl fmicl-js infonce
+        --steps 10 --warmup 3 --time-budget "$inner")
+else
+  # ResNet-18, 32 px, batch 4, 2 steps after 1, fp32, f-MICL KL with both backends: the path.
+  limit=90 inner=60
+  args=(--smoke --threads 2 --time-budget "$inner")
+fi
+if (( inner < 30 )); then
+  record "step profile" skipped 0 "$limit" "time budget: ${SECONDS}s used of ${budget_s}s"
+else
+  timed profile "$limit" "$PY" engine/bench/profile_sweep.py "${args[@]}" --json "$out/profile.jsonl" \
+    --markdown "$work/profile.md"
+  record "step profile" "$status" "$dt" "$limit" "profile_sweep.py ${args[*]}"
+fi
+
+# ------------------------------------------------------------------------------------------------
+step "6. training benchmark"
+train_out=$work/train
+optional=0
+if [[ $mode == gpu ]]; then
+  if [[ -n $dali ]]; then  # imagefolder: the engine end to end, which nothing else here measures
+    sizes=(--steps "${GPU_CHECK_STEPS:-300}" --batch-size "${GPU_CHECK_BATCH:-256}")
+    limit=$(cap 150 10)
+  else  # synthetic: what the profile sweep measured; a cross-check in the time left
+    sizes=(--data synthetic --steps "${GPU_CHECK_STEPS:-100}" --batch-size "${GPU_CHECK_BATCH:-256}")
+    limit=$(cap 60 5)
+    optional=1
+    (( limit < 45 )) && limit=0
+  fi
 else
   # ResNet-18 on random tensors (the machine's path without DALI), 32 px, 3 steps, fp32 (bf16
   # autocast is twice as slow on a CPU): the path, not the speed.
@@ -338,28 +389,15 @@ else
 fi
 precision=$([[ $mode == gpu ]] && echo bf16 || echo fp32)
 timed "train-$precision" "$limit" "$PY" engine/bench/train.py --out "$train_out" --precision "$precision" "${sizes[@]}"
-record "training $precision" "$status" "$dt" "$limit" "train.py --precision $precision ${sizes[*]}"
-if [[ $mode == gpu ]]; then
-  limit=$(cap 100 10)
-  if (( limit >= 80 )); then
-    timed train-fp32 "$limit" "$PY" engine/bench/train.py --out "$train_out" --precision fp32 \
-      --steps 100 --batch-size "${GPU_CHECK_BATCH:-256}"
-    if [[ $status == "timed out" ]]; then  # the optional run: out of time is no failure
-      unset 'failed[-1]'
-      status="timed out (optional)"
-    fi
-    record "training fp32" "$status" "$dt" "$limit" "train.py --precision fp32 --steps 100"
-  else
-    echo "skipping the fp32 run: ${SECONDS}s used of ${budget_s}s"
-    record "training fp32" skipped 0 "$limit" "time budget: ${SECONDS}s used of ${budget_s}s"
-  fi
+note="train.py --precision $precision ${sizes[*]}"
+if [[ $status == skipped ]]; then
+  note="time budget: ${SECONDS}s used of ${budget_s}s (optional without DALI: the profile sweep measured the synthetic step)"
+elif [[ $optional == 1 && $status == "timed out" ]]; then  # the optional run: out of time is no failure
+  unset 'failed[-1]'
+  status="timed out (optional)"
 fi
+record "training $precision" "$status" "$dt" "$limit" "$note"
 [[ -f $train_out/results.jsonl ]] && cp "$train_out/results.jsonl" "$out/train.jsonl"
-for run in "$train_out"/*/; do  # every run's metric lines in one file, each tagged with its run
-  [[ -f $run/metrics.jsonl ]] || continue
-  tag=$(basename "$run")
-  sed "s/^{/{\"run\": \"$tag\", /" "$run/metrics.jsonl" >> "$out/train_metrics.jsonl"
-done
 
 if [[ $mode == cpu ]]; then
   wait "$tests_pid"
@@ -369,14 +407,15 @@ fi
 # ------------------------------------------------------------------------------------------------
 step "report"
 files=()
-for f in gpu_check.log build.log pytest.log loss.jsonl data.jsonl train.jsonl train_metrics.jsonl; do
+for f in gpu_check.log build.log pytest.log loss.jsonl data.jsonl train.jsonl profile.jsonl; do
   [[ -f $out/$f ]] && files+=("$f")
 done
 command_line="bash scripts/gpu_check.sh$([[ $mode == cpu ]] && echo ' --cpu')"
 also=()
 for f in "${outside[@]}"; do also+=(--failed "$f"); done
 "$PY" engine/bench/report.py --mode "$mode" --steps "$steps_tsv" --out "$out/gpu_check.md" \
-  --loss "$work/loss.md" --data "$work/data.md" --train "$out/train.jsonl" --budget "$budget_s" \
+  --loss "$work/loss.md" --loss-json "$out/loss.jsonl" --data "$work/data.md" --profile "$work/profile.md" \
+  --train "$out/train.jsonl" --budget "$budget_s" \
   --seconds "$SECONDS" --command "$command_line" "${also[@]}" --files "${files[@]}" \
   || failed+=(report)
 if [[ -f $out/gpu_check.md ]]; then

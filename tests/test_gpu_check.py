@@ -23,8 +23,8 @@ SCRIPT = REPO / "scripts" / "gpu_check.sh"
 SECTIONS = ["## GPU check: ", "### Machine and versions", "### Steps",
             "### Fused loss vs the PyTorch reference and torch.compile",
             "### Data pipeline: two-view images/s, DALI against the torchvision loader",
-            "### Training throughput"]
-STEPS = ["build", "emulated CUDA tests", "loss benchmark", "data benchmark", "training fp32"]
+            "### Step profile: where the time goes", "### Training throughput"]
+STEPS = ["build", "emulated CUDA tests", "loss benchmark", "data benchmark", "step profile", "training fp32"]
 
 pytestmark = pytest.mark.slow
 
@@ -55,12 +55,19 @@ def test_cpu_mode_writes_the_report(tmp_path):
     for step in STEPS[1:]:
         assert rows[step] == "ok", f"step {step!r}: {rows[step]}"
     assert "| fmicl-kl | 256 |" in report and "| infonce | 1024 |" in report
+    assert "Largest 2N each backend held" in report and "- infonce, d = 64: fused 1,024" in report
     assert "torchvision DataLoader" in report
     assert "| synthetic | random tensors | cpu | resnet18 |" in report
+    # The profile sweep's smoke rows (both backends), their ratio and the full profile table.
+    profile = report.split("### Step profile: where the time goes", 1)[1].split("### Training throughput", 1)[0]
+    for backend in ("fused", "reference"):
+        assert re.search(rf"^\| resnet18 \| 4 \| fmicl-kl \| {backend} \| [0-9.,]+ \| [0-9.,]+ \|", profile, re.M), profile
+    assert re.search(r"^\| resnet18 \| 4 \| fmicl-kl \| [0-9.,]+ \| [0-9.,]+ \| [0-9.]+x \|", profile, re.M), profile
+    assert "Full profile: resnet18, batch 4, fmicl-kl, fused" in profile and "loss forward+backward" in profile
     assert "Not run" not in report
     # Pasted into the docs, the report must name no path outside the repository.
     assert str(tmp_path) not in report and "/root/" not in report and "site-packages" not in report
-    for name in ("gpu_check.log", "pytest.log", "loss.jsonl", "data.jsonl", "train.jsonl"):
+    for name in ("gpu_check.log", "pytest.log", "loss.jsonl", "data.jsonl", "train.jsonl", "profile.jsonl"):
         assert (tmp_path / name).is_file(), name
     # The device machine returns at most 8 files, none deeper than two folders.
     files = [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -133,9 +133,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// InfoNCE exponents are formed as (G - shift) * inv_tau, shift a row's maximum Gram entry: the
+// difference first, then the scale. G * inv_tau - shift would let nvcc fuse the product into the
+// subtraction (FMA): at tau = 1e-10 in float32 the unrounded product exceeds the rounded maximum
+// by up to half an ulp of 1e10 (512), and exp(512) overflows. The difference is exact for close
+// entries and <= 0 for every entry of the row, fused or not.
+
 // InfoNCE pass 1: merges tile row r (anchor a = rows[r]) into its running log-sum-exp over the
-// partners b != a, LSE = row_max[r] + log(row_sum[r]) (row_max starts at -inf), and records the
-// positive logit when the positive's column is in this tile.
+// partners b != a, kept as row_max[r], the largest G_ab so far (-inf at the start), and
+// row_sum[r] = Σ_b exp((G_ab - row_max[r]) inv_tau): LSE = row_max inv_tau + log(row_sum). Records
+// the positive logit when the positive's column is in this tile.
 template <class S>
 __global__ void __launch_bounds__(kThreads)
     infonce_stats_kernel(const InfonceParams p, const S* __restrict__ tile, const long long ncols,
@@ -153,9 +160,8 @@ __global__ void __launch_bounds__(kThreads)
   for (long long c = threadIdx.x; c < ncols; c += kThreads) {
     const long long b = col0 + c;
     if (b == a) continue;
-    const S logit = g[c] * inv_tau;
-    tile_max = fmax(tile_max, double(logit));
-    if (b == positive) positive_logit[r] = double(logit);
+    tile_max = fmax(tile_max, double(g[c]));
+    if (b == positive) positive_logit[r] = double(g[c]) * p.inv_tau;
   }
   tile_max = block_max(tile_max);
   if (tile_max == kMinusInf) return;  // a 1-column tile holding only the anchor (whole block)
@@ -164,38 +170,49 @@ __global__ void __launch_bounds__(kThreads)
   const S shift = S(new_max);
   double sum = 0.0;
   for (long long c = threadIdx.x; c < ncols; c += kThreads) {
-    if (col0 + c != a) sum += double(math::exp(g[c] * inv_tau - shift));
+    if (col0 + c != a) sum += double(math::exp((g[c] - shift) * inv_tau));
   }
   sum = block_sum(sum);
   if (threadIdx.x == 0) {
-    row_sum[r] = row_sum[r] * ::exp(old_max - new_max) + sum;
+    row_sum[r] = row_sum[r] * ::exp((old_max - new_max) * p.inv_tau) + sum;
     row_max[r] = new_max;
   }
 }
 
-// InfoNCE pass 2: W_ab = anchor_scale / tau * (softmax_a(b) - [b = p(a)]) in place of G; plus
-// the same for anchor b over its partners (a among them) when lse_col (M,), the log-sum-exp of
-// every row, is given: the entry then stands for both orientations.
+// softmax = exp((G - shift) inv_tau - log_sum), the difference clamped at 0: an entry of the other
+// orientation (anchor b's row) comes from a different tile product than b's pass 1, which may
+// round an ulp differently, and at tau = 1e-10 an ulp of G is worth ~600 nats.
+template <class S>
+__device__ inline S infonce_softmax(S g, S shift, S log_sum, S inv_tau) {
+  const S difference = g < shift ? g - shift : S(0);
+  return math::exp(difference * inv_tau - log_sum);
+}
+
+// InfoNCE pass 2: W_ab = anchor_scale / tau * (softmax_a(b) - [b = p(a)]) in place of G, from
+// each anchor's row_max (shift) and log(row_sum) (log_sum) of pass 1; plus the same for anchor b
+// over its partners (a among them) when shift_col and log_sum_col (M,), every row's, are given:
+// the entry then stands for both orientations.
 template <class S>
 __global__ void __launch_bounds__(kThreads)
     infonce_weights_kernel(const InfonceParams p, S* __restrict__ tile, const long long ncols,
                            const long long col0, const int64_t* __restrict__ rows,
-                           const double* __restrict__ lse, const double* __restrict__ lse_col) {
+                           const double* __restrict__ shift, const double* __restrict__ log_sum,
+                           const double* __restrict__ shift_col, const double* __restrict__ log_sum_col) {
   const long long r = blockIdx.x;
   const long long a = rows[r];
   S* g = tile + r * ncols;
   const long long positive = positive_index(a, p.half_rows);
   const S inv_tau = S(p.inv_tau);
-  const S lse_a = S(lse[r]);
+  const S shift_a = S(shift[r]);
+  const S log_sum_a = S(log_sum[r]);
   const S scale = S(p.anchor_scale * p.inv_tau);
   for (long long c = threadIdx.x; c < ncols; c += kThreads) {
     const long long b = col0 + c;
     S w = S(0);
     if (b != a) {
-      const S logit = g[c] * inv_tau;
-      w = math::exp(logit - lse_a) * scale;
-      if (lse_col != nullptr) w += math::exp(logit - S(lse_col[b])) * scale;
-      if (b == positive) w -= lse_col != nullptr ? S(2) * scale : scale;
+      w = infonce_softmax(g[c], shift_a, log_sum_a, inv_tau) * scale;
+      if (shift_col != nullptr) w += infonce_softmax(g[c], S(shift_col[b]), S(log_sum_col[b]), inv_tau) * scale;
+      if (b == positive) w -= shift_col != nullptr ? S(2) * scale : scale;
     }
     g[c] = w;
   }
@@ -324,14 +341,17 @@ at::Tensor infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Te
         row_sum.data_ptr<double>() + i0, positive_logit.data_ptr<double>() + i0);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  const at::Tensor lse = row_max + row_sum.log();  // (A,)
+  const at::Tensor log_sum = row_sum.log();
+  const at::Tensor lse = row_max * p.inv_tau + log_sum;  // (A,)
   if (!dx.defined()) return (lse - positive_logit).sum() * p.anchor_scale;
 
   // Pass 2: the softmax weights into the gradient.
   walk_tiles(x, rows, tile, whole_batch, &dx, [&](at::Tensor& w, long long i0, long long ti, long long j0, long long tj) {
-    const double* lse_col = whole_batch && j0 != i0 ? lse.data_ptr<double>() : nullptr;
+    const bool both_orientations = whole_batch && j0 != i0;
     infonce_weights_kernel<S><<<ti, kThreads, 0, stream>>>(
-        p, w.data_ptr<S>(), tj, j0, rows.data_ptr<int64_t>() + i0, lse.data_ptr<double>() + i0, lse_col);
+        p, w.data_ptr<S>(), tj, j0, rows.data_ptr<int64_t>() + i0, row_max.data_ptr<double>() + i0,
+        log_sum.data_ptr<double>() + i0, both_orientations ? row_max.data_ptr<double>() : nullptr,
+        both_orientations ? log_sum.data_ptr<double>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return (lse - positive_logit).sum() * p.anchor_scale;

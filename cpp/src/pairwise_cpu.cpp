@@ -212,13 +212,14 @@ at::Tensor infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Te
   at::Tensor row_sum = at::zeros({n}, f64);
 
   // Pass 1: the log-sum-exp of every row that needs one (anchor rows, and all rows of their
-  // tiles). Rows are unit vectors, so logits lie in [-1/tau, 1/tau]: with the fixed shift 1/tau no
-  // exp underflows while 2/tau <= 80 (float32) or 700 (float64), and one symmetric walk gives the
-  // row and the column sums (0.5 products). Beyond that, the exact running maximum per row needs
-  // every row block against all columns (1 product).
+  // tiles), as row_max (the largest Gram entry, the exponents' shift) and row_sum. Rows are unit
+  // vectors, so G <= 1: with the fixed shift 1 no exp underflows while 2/tau <= 80 (float32) or
+  // 700 (float64), and one symmetric walk gives the row and the column sums (0.5 products).
+  // Beyond that, the exact running maximum per row needs every row block against all columns
+  // (1 product).
   const bool fixed_shift = 2.0 * p.inv_tau <= (sizeof(S) == 4 ? 80.0 : 700.0);
   if (fixed_shift) {
-    const S shift = S(p.inv_tau);
+    const S shift = S(1);
     std::vector<at::Tensor> sums(workers);
     for (int wi = 0; wi < workers; ++wi) sums[wi] = at::zeros({n}, f64);
     for_each_round_robin(workers, tiles.size(), [&](int wi, size_t k) {
@@ -246,8 +247,9 @@ at::Tensor infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Te
       }
     });
   }
-  const at::Tensor lse64 = at::where(row_max.isneginf(), std::numeric_limits<double>::infinity(),
-                                     row_max + row_sum.log());
+  const at::Tensor unused = row_max.isneginf();  // rows whose LSE no anchor needs
+  const at::Tensor log_sum = at::where(unused, 0.0, row_sum.log());
+  const at::Tensor lse64 = at::where(unused, std::numeric_limits<double>::infinity(), row_max * p.inv_tau + log_sum);
   // The positive logit C_{a,p(a)} / tau: O(M d), its -1 in the value and in the softmax gradient.
   const at::Tensor partner = at::cat({x.narrow(0, p.half_rows, p.half_rows), x.narrow(0, 0, p.half_rows)});
   const at::Tensor positive_logit = (x * partner).sum(1).to(at::kDouble) * p.inv_tau;
@@ -256,13 +258,14 @@ at::Tensor infonce_sum(const InfonceParams& p, const at::Tensor& x, const at::Te
   if (!gradient) return per_anchor.sum() * p.anchor_scale;
 
   // Pass 2: the softmax weights, both orientations of each entry, into the gradient.
-  const at::Tensor lse = lse64.to(x.scalar_type());
+  const at::Tensor shift = at::where(unused, std::numeric_limits<double>::infinity(), row_max).to(x.scalar_type());
+  const at::Tensor log_sum_s = log_sum.to(x.scalar_type());
   for_each_round_robin(workers, tiles.size(), [&](int wi, size_t k) {
     const auto [i0, j0] = tiles[k];
     at::Tensor w;
     PairTile<S> t = gram_tile<S>(x, ws[wi].tile, i0, j0, tile, w);
     t.anchor_weight = weight.data_ptr<S>();
-    kernels.infonce_weights(p, t, lse.data_ptr<S>(), 0, t.nrows);
+    kernels.infonce_weights(p, t, shift.data_ptr<S>(), log_sum_s.data_ptr<S>(), 0, t.nrows);
     accumulate_tile_gradient(ws[wi].grad, x, w, i0, j0);
   });
   for (int wi = 1; wi < workers; ++wi) dx.add_(ws[wi].grad);

@@ -32,24 +32,26 @@ template <class S>
 using PairTermRowsFn = void (*)(const PairTermParams& p, const PairTile<S>& t, double* row_value,
                                 S* row_wsum, long long r_begin, long long r_end);
 
-// InfoNCE pass 1: merges the tile into the running log-sum-exp of each row,
-// (row_max[a], row_sum[a]) with LSE_a = row_max[a] + log(row_sum[a]); row_max starts at -inf.
+// InfoNCE pass 1: merges the tile into the running log-sum-exp of each row, kept as
+// (row_max[a], row_sum[a]): row_max the largest Gram entry G_ab so far (-inf at the start),
+// row_sum = Σ_b exp((G_ab - row_max) inv_tau), so LSE_a = row_max[a] inv_tau + log(row_sum[a]).
 template <class S>
 using InfonceStatsFn = void (*)(const InfonceParams& p, const PairTile<S>& t, double* row_max,
                                 double* row_sum, long long r_begin, long long r_end);
 
-// InfoNCE pass 1 with a fixed shift (rows are unit vectors, so every logit is <= inv_tau):
-// overwrites the tile with E_ab = exp(G_ab inv_tau - shift) (0 on the diagonal) and writes the
+// InfoNCE pass 1 with a fixed shift, in Gram units (rows are unit vectors, so every G_ab <= 1):
+// overwrites the tile with E_ab = exp((G_ab - shift) inv_tau) (0 on the diagonal) and writes the
 // row sums to row_sum[r] (tile-local rows); column sums are the host's (one entry, two rows).
 template <class S>
 using InfonceExpSumsFn = void (*)(const InfonceParams& p, const PairTile<S>& t, S shift, double* row_sum,
                                   long long r_begin, long long r_end);
 
 // InfoNCE pass 2: W_ab = d(loss_sum)/dG_ab of the softmax part (the positive's -1 is added by the
-// host code), given lse (M,), the final LSE of every anchor row (+inf where unused).
+// host code), given for every row a (M,) its shift (Gram units) and log_sum with
+// LSE_a = shift[a] inv_tau + log_sum[a] (shift +inf, log_sum 0 where a's LSE is unused).
 template <class S>
-using InfonceWeightsFn = void (*)(const InfonceParams& p, const PairTile<S>& t, const S* lse,
-                                  long long r_begin, long long r_end);
+using InfonceWeightsFn = void (*)(const InfonceParams& p, const PairTile<S>& t, const S* shift,
+                                  const S* log_sum, long long r_begin, long long r_end);
 
 template <class S>
 struct TileKernels {

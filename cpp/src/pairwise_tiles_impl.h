@@ -146,6 +146,11 @@ void pair_term_rows(const PairTermParams& p, const PairTile<typename V::Scalar>&
 #undef FMICL_DIVERGENCE_CASE
 }
 
+// InfoNCE exponents are formed as (G - shift) * inv_tau, shift a row's maximum Gram entry: the
+// difference first, then the scale. G * inv_tau - shift would let the compiler fuse the product
+// into the subtraction (FMA): at tau = 1e-10 in float32 the unrounded product exceeds the rounded
+// maximum by up to half an ulp of 1e10 (512), and exp(512) overflows. The difference is exact
+// for close entries and <= 0 for every entry of the row, fused or not.
 template <class V>
 void infonce_stats(const InfonceParams& p, const PairTile<typename V::Scalar>& t, double* row_max,
                    double* row_sum, long long r_begin, long long r_end) {
@@ -160,7 +165,7 @@ void infonce_stats(const InfonceParams& p, const PairTile<typename V::Scalar>& t
     const long long self_col = t.diagonal ? r : -1;
     V vmax(minus_inf);
     for_each_vector<V>(t.ncols, self_col, -1, [&](long long c, int n) {
-      vmax = max(vmax, blend_first(load_n<V>(g + c, n) * inv_tau, n, V(minus_inf)));
+      vmax = max(vmax, blend_first(load_n<V>(g + c, n), n, V(minus_inf)));
     });
     const S tile_max = reduce_max(vmax);
     if (tile_max == minus_inf) continue;  // a 1 x 1 diagonal tile: nothing but the anchor itself
@@ -169,9 +174,9 @@ void infonce_stats(const InfonceParams& p, const PairTile<typename V::Scalar>& t
     const V shift(new_max);
     V sum_acc(S(0));
     for_each_vector<V>(t.ncols, self_col, -1, [&](long long c, int n) {
-      sum_acc = sum_acc + blend_first(exp(load_n<V>(g + c, n) * inv_tau - shift), n, V(S(0)));
+      sum_acc = sum_acc + blend_first(exp((load_n<V>(g + c, n) - shift) * inv_tau), n, V(S(0)));
     });
-    row_sum[a] = row_sum[a] * std::exp(old_max - double(new_max)) + reduce_add(sum_acc);
+    row_sum[a] = row_sum[a] * std::exp((old_max - double(new_max)) * p.inv_tau) + reduce_add(sum_acc);
     row_max[a] = double(new_max);
   }
 }
@@ -188,7 +193,7 @@ void infonce_exp_sums(const InfonceParams& p, const PairTile<typename V::Scalar>
     const long long self_col = t.diagonal ? r : -1;
     V sum_acc(S(0));
     for_each_vector<V>(t.ncols, self_col, -1, [&](long long c, int n) {
-      const V e = blend_first(exp(load_n<V>(g + c, n) * inv_tau - shift_v), n, V(S(0)));
+      const V e = blend_first(exp((load_n<V>(g + c, n) - shift_v) * inv_tau), n, V(S(0)));
       sum_acc = sum_acc + e;
       store_n(e, g + c, n);
     });
@@ -199,25 +204,36 @@ void infonce_exp_sums(const InfonceParams& p, const PairTile<typename V::Scalar>
 
 template <class V>
 void infonce_weights(const InfonceParams& p, const PairTile<typename V::Scalar>& t,
-                     const typename V::Scalar* lse, long long r_begin, long long r_end) {
+                     const typename V::Scalar* shift, const typename V::Scalar* log_sum, long long r_begin,
+                     long long r_end) {
   using S = typename V::Scalar;
   using math::exp;
+  using math::max;
   const V inv_tau(S(p.inv_tau));
   const V grad_scale(S(p.anchor_scale * p.inv_tau));
+  const V zero(S(0));
+  // softmax_a(b) = exp((G_ab - shift_a) inv_tau - log_sum_a); the difference is clamped at 0
+  // because an entry of the other orientation (b's row) comes from the transposed tile of pass 1,
+  // whose product may round an ulp differently: at tau = 1e-10 an ulp of G is worth ~600 nats.
+  const auto softmax = [&](const V& g, const V& shift_v, const V& log_sum_v) {
+    return exp(-max(shift_v - g, zero) * inv_tau - log_sum_v);
+  };
   for (long long r = r_begin; r < r_end; ++r) {
     const long long a = t.row0 + r;
     S* g = t.g + r * t.ncols;
     const V weight_a(t.anchor_weight[a]);
-    const V lse_a(lse[a]);
+    const V shift_a(shift[a]);
+    const V log_sum_a(log_sum[a]);
     const long long self_col = t.diagonal ? r : -1;
     for_each_vector<V>(t.ncols, self_col, -1, [&](long long c, int n) {
-      const V x = load_n<V>(g + c, n) * inv_tau;
-      V softmax = weight_a * exp(x - lse_a);  // anchor a's softmax over its partners b
-      if (!t.diagonal) {                       // and anchor b's over its partners, a among them
+      const V gram = load_n<V>(g + c, n);
+      V weight = weight_a * softmax(gram, shift_a, log_sum_a);  // anchor a's softmax over its partners b
+      if (!t.diagonal) {                                         // and anchor b's over its partners, a among them
         const V weight_b = load_n<V>(t.anchor_weight + t.col0 + c, n);
-        softmax = softmax + weight_b * exp(x - load_n<V>(lse + t.col0 + c, n));
+        const V shift_b = load_n<V>(shift + t.col0 + c, n);
+        weight = weight + weight_b * softmax(gram, shift_b, load_n<V>(log_sum + t.col0 + c, n));
       }
-      store_n(softmax * grad_scale, g + c, n);
+      store_n(weight * grad_scale, g + c, n);
     });
     if (self_col >= 0) g[self_col] = S(0);
   }

@@ -2,11 +2,13 @@
 time, and the benchmarks' tables, as one section ready to paste into docs/BENCHMARKS.md.
 
     python engine/bench/report.py --steps STEPS.tsv --out gpu_check.md [--loss loss.md]
-        [--data data.md] [--train train.jsonl] [--mode gpu|cpu] [--budget S] [--command TEXT]
+        [--loss-json loss.jsonl] [--data data.md] [--profile profile.md] [--train train.jsonl]
+        [--mode gpu|cpu] [--budget S] [--command TEXT]
 
 STEPS.tsv: one line per step, tab-separated: name, status (ok | FAILED (rc N) | timed out |
 skipped), seconds, time cap in seconds (0: none), notes. The fragments (loss.md, data.md) are
-written by engine/bench/loss.py and data.py (--markdown); train.jsonl by engine/bench/train.py.
+written by engine/bench/loss.py, data.py and profile_sweep.py (--markdown); loss.jsonl by loss.py
+(--json: the largest 2N each backend held, below its table); train.jsonl by engine/bench/train.py.
 A missing fragment reads "not run" with the step's notes. Every probe of the machine is allowed
 to fail: the report is written whatever is missing.
 """
@@ -163,6 +165,43 @@ def fragment(path: str | None, step: list[str] | None) -> str:
     return f"Not run ({status}{': ' + notes if notes else ''}).\n"
 
 
+def largest_held(path: str | None) -> str:
+    """From loss.py's JSON rows: the largest 2N each backend held per objective and d, and where it
+    ran out of memory (the reference does long before the fused op)."""
+    rows = []
+    if path and Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    ladders: dict = {}
+    for row in rows:
+        ladders.setdefault((row.get("objective"), row.get("dim")), []).append(row)
+    lines = []
+    for (objective, dim), ladder in ladders.items():
+        top = max(r["rows_2n"] for r in ladder)
+        cells = []
+        for column, name in (("fused", "fused"), ("eager", "eager reference"), ("compile", "torch.compile")):
+            ok = [r["rows_2n"] for r in ladder if (r.get(column) or {}).get("status") == "ok"]
+            oom = [r["rows_2n"] for r in ladder if (r.get(column) or {}).get("status") == "OOM"]
+            if not ok and not oom:
+                cells.append(f"{name} not run")
+                continue
+            held = f"{max(ok):,}" if ok else "none"
+            if oom:
+                held += f" (out of memory at {min(oom):,})"
+            elif ok and max(ok) < top:
+                held += " (not run above)"
+            elif ok:
+                held += " (the largest run)"
+            cells.append(f"{name} {held}")
+        lines.append(f"- {objective}, d = {dim}: " + "; ".join(cells) + ".")
+    if not lines:
+        return ""
+    return "Largest 2N each backend held in this run:\n\n" + "\n".join(lines) + "\n"
+
+
 def train_section(path: str | None, step: list[str] | None) -> str:
     rows = []
     if path and Path(path).is_file():
@@ -189,7 +228,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--mode", default="gpu", choices=("gpu", "cpu"))
     p.add_argument("--loss")
+    p.add_argument("--loss-json", help="loss.py's --json rows: the largest 2N each backend held")
     p.add_argument("--data")
+    p.add_argument("--profile", help="profile_sweep.py's --markdown")
     p.add_argument("--train")
     p.add_argument("--budget", type=float, default=0, help="the script's time budget, seconds (0: none)")
     p.add_argument("--seconds", type=float, default=0, help="the script's wall time so far")
@@ -200,7 +241,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     steps = read_steps(Path(args.steps))
-    order = ["build", "CUDA tests", "emulated CUDA tests", "loss benchmark", "data benchmark", "training"]
+    order = ["build", "CUDA tests", "emulated CUDA tests", "loss benchmark", "data benchmark", "step profile",
+             "training"]
     steps.sort(key=lambda s: next((k for k, name in enumerate(order) if s[0].startswith(name)), len(order)))
     by_name = {s[0]: s for s in steps}
     failed = [s[0] for s in steps if s[1].startswith("FAILED") or s[1] == "timed out"]
@@ -221,8 +263,13 @@ def main(argv=None) -> int:
              for name, status, seconds, cap, notes in steps]
     text += ["", "### Fused loss vs the PyTorch reference and torch.compile", ""]
     text += [fragment(args.loss, by_name.get("loss benchmark"))]
+    held = largest_held(args.loss_json)
+    if held:
+        text += [held]
     text += ["### Data pipeline: two-view images/s, DALI against the torchvision loader", ""]
     text += [fragment(args.data, by_name.get("data benchmark"))]
+    text += ["### Step profile: where the time goes", ""]
+    text += [fragment(args.profile, by_name.get("step profile"))]
     text += ["### Training throughput", ""]
     train_step = next((s for s in steps if s[0].startswith("training")), None)
     text += [train_section(args.train, train_step)]

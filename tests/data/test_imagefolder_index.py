@@ -32,7 +32,7 @@ def test_index_lists_classes_reads_sizes_and_caches(tmp_path, monkeypatch):
 
     def no_header_reads(path):
         raise AssertionError("the cached index should be used")
-    monkeypatch.setattr(image_index_module, "_header_size", no_header_reads)
+    monkeypatch.setattr(image_index_module, "header_size", no_header_reads)
     cached = build_image_index(root=str(data))
     assert cached.paths == index.paths and np.array_equal(cached.widths, index.widths)
 

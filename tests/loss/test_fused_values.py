@@ -223,9 +223,10 @@ def test_half_inputs_accumulate_in_float32(objective, dtype):
     hp = fmicl_hp("js", "gaussian") if objective == "fmicl" else HP[objective]
     value, grad = value_and_grads(fused_fn(objective, hp), z1, z2)
     assert value.dtype == torch.float32 and grad.dtype == dtype
-    # the same half values, widened: float32 arithmetic matches float64 to float32 accuracy ...
+    # the same half values, widened: float32 arithmetic matches float64 to float32 accuracy of
+    # the O(1) terms (the absolute part: JS's positive and negative terms can cancel to ~1e-4) ...
     ref_value, ref_grad = value_and_grads(reference_fn(objective, hp), z1.double(), z2.double())
-    assert abs(value.double() - ref_value) <= 1e-5 * abs(ref_value), f"seed={seed}"
+    assert abs(value.double() - ref_value) <= 1e-5 * abs(ref_value) + 1e-6, f"seed={seed}"
     # ... and the gradient is only rounded to the half type at the end
     half_eps = torch.finfo(dtype).eps
     assert (grad.double() - ref_grad).abs().max() <= half_eps * ref_grad.abs().max(), f"seed={seed}"

@@ -1,15 +1,17 @@
 """``fmicl-engine``: validate a config, or run it (pretrain, then evaluate the frozen encoder as the
-config's ``[eval]`` section says).
+config's ``[eval]`` section says); evaluate, export, compare, profile.
 
 Parses arguments, builds the config and calls the library; no training logic lives here.
 ``torchrun --nproc_per_node=G -m fmicl_engine run CONFIG`` runs it on G processes.
 
 Exit status and stderr (rank 0 alone prints what every rank found; a rank's own failure is
 printed by that rank, prefixed with its number, so the job's log names it):
-- 0: done, or stopped by SIGTERM/SIGUSR1 after writing a checkpoint (requeue to resume);
+- 0: done (``profile``: the table on stdout, DIR/profile.json), or stopped by SIGTERM/SIGUSR1
+  after writing a checkpoint (requeue to resume);
 - 1: a run-time error, one line: ``training error: ...`` (e.g. a loss that overflows), ``data
   error: ...`` (an unreadable image under on_bad_file = "error"), ``error: ...`` (a full disk, a
-  read-only directory), ``failed: ...`` (anything else; ``--debug`` shows its traceback);
+  read-only directory: the errno's name, the path and what to do), ``failed: ...`` (anything
+  else; ``--debug`` shows its traceback);
 - 2: config errors, one line each: ``config error: <key path>: <problem>``, or a bad export;
 - 130: stopped by Ctrl-C (SIGINT), after writing a checkpoint.
 """
@@ -44,7 +46,7 @@ def _report(message: str, *, every_rank: bool = False) -> None:
 
 DESCRIPTION = ("Validate a config, or run it: pretrain, then evaluate the frozen encoder as the config's [eval] "
                "section says (what each dataset gets: docs/CONFIG.md). Evaluate a checkpoint, export its encoder, "
-               "compare runs.")
+               "compare runs. Profile the training step.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("torchvision", "engine"), default="torchvision",
                         help="torchvision: keys of torchvision.models.<arch>() without fc (default); engine: the "
                              "engine's encoder")
+    profile = commands.add_parser("profile", help="time the training step and its parts; name the bottleneck")
+    add_config_arguments(profile)
+    profile.add_argument("--steps", type=int, default=20, help="timed steps (default 20), and repetitions of each "
+                         "part timed alone")
+    profile.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5): cuDNN autotuning, "
+                         "torch.compile, the loader's start")
+    profile.add_argument("--out", metavar="DIR", help="where profile.json goes (default: run.out_dir/profile)")
+    profile.add_argument("--trace", action="store_true", help="also record a torch.profiler trace of a few steps "
+                         "(DIR/trace/rank<r>.pt.trace.json: Perfetto, chrome://tracing, TensorBoard)")
+    profile.add_argument("--synthetic-data", action="store_true", help="random batches already on the device in "
+                         "place of the data pipeline: the compute ceiling")
     compare = commands.add_parser("compare", help="one table and figure over several run directories")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("--out", metavar="DIR", default="runs/compare", help="where compare.md goes")
@@ -139,7 +152,45 @@ def _compare(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "run": _run, "eval": _eval, "export": _export, "compare": _compare}
+def _profile(args) -> int:
+    from fmicl_engine.train.profile import format_table, profile
+
+    report = profile(_config(args), steps=args.steps, warmup=args.warmup, out_dir=args.out, trace=args.trace,
+                     synthetic_data=args.synthetic_data)
+    if _rank() == 0:
+        print(format_table(report))
+    return 0
+
+
+COMMANDS = {"validate": _validate, "run": _run, "eval": _eval, "export": _export, "compare": _compare,
+            "profile": _profile}
+
+
+# What to do about the OSErrors a run meets (by errno name): the line names the path and this.
+OS_ERROR_ADVICE = {
+    "ENOSPC": "free space on that disk and rerun the same command (it resumes from the last checkpoint)",
+    "EDQUOT": "free space within your quota and rerun the same command (it resumes from the last checkpoint)",
+    "EROFS": "that file system is read-only: choose a writable --out (run.out_dir)",
+    "EACCES": "no permission for that path: fix its permissions, or choose another (--out for run.out_dir)",
+    "EPERM": "no permission for that path: fix its permissions, or choose another (--out for run.out_dir)",
+    "ENOTDIR": "a part of that path is a file: choose another path",
+    "ENOENT": "it vanished while the command ran: check the path (a removed or unmounted directory?)",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line: the error's name, the path it names and what to do; the engine's own OSErrors
+    (a checkpoint write) already say all of this."""
+    import errno
+
+    from fmicl_engine.train.checkpoint import CheckpointWriteError
+
+    if isinstance(err, CheckpointWriteError) or err.errno is None:
+        return str(err)
+    name = errno.errorcode.get(err.errno, f"errno {err.errno}")
+    path = f" {err.filename}" if err.filename is not None else ""
+    advice = OS_ERROR_ADVICE.get(name)
+    return f"{name}: {err.strerror}:{path}" + (f"; {advice}" if advice else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from fmicl_engine.data.image_index import BadImageFileError
     from fmicl_engine.eval.export import ExportError
     from fmicl_engine.loss import NonFiniteLossError
+    from fmicl_engine.train.loop import TrainingDivergedError
 
     try:
         return COMMANDS[args.command](args)
@@ -161,12 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, ExportError):
             _report(f"export error: {err}")
             return EXIT_CONFIG_ERROR
-        if isinstance(err, NonFiniteLossError):
+        if isinstance(err, (NonFiniteLossError, TrainingDivergedError)):
             _report(f"\ntraining error: {err}", every_rank=True)  # (after the progress bar's line)
         elif isinstance(err, BadImageFileError):
             _report(f"data error: {err}", every_rank=True)
         elif isinstance(err, OSError):  # a full disk, a read-only or vanished directory
-            _report(f"error: {err}", every_rank=True)
+            _report(f"error: {describe_os_error(err)}", every_rank=True)
         else:  # one line naming the rank and the error; --debug shows where
             _report(f"failed: {type(err).__name__}: {err} (rerun with --debug for the traceback)", every_rank=True)
         return EXIT_TRAINING_ERROR

@@ -21,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from fmicl_engine.atomic_files import write_text_atomically
 from fmicl_engine.config import toml_writer
 from fmicl_engine.config.schema import Config, EvalConfig, LossConfig
 from fmicl_engine.loss.registry import LOSS_REGISTRY, REQUIRED, build_loss, loss_signature
@@ -30,6 +31,12 @@ from fmicl_engine.loss.validation import LossArgumentError, did_you_mean
 ENGINE_SUPPLIED_LOSS_ARGUMENTS = {
     "dim": "set by the engine from model.projector_out_dim",
     "gather_distributed": "set by the engine: true under torchrun with more than one process (negatives from every rank)",
+}
+
+# Bounds of objective keywords that the objective itself leaves open but a run cannot honour, in the
+# form of schema.setting's constraints (the objective checks the lower ones).
+LOSS_ARGUMENT_LIMITS = {
+    "hidden": {"le": 16384},  # the MI critic's width: as model.projector_hidden_dim
 }
 
 DIGITS_NUM_IMAGES = 1797  # len(sklearn.datasets.load_digits().target); checked in tests
@@ -116,10 +123,7 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
 def config_from_text(text: str, *, stem: str = "config") -> Config:
     """A resolved config's TOML (a run's config.toml) -> Config, checking keys, types, ranges and the
     objective but not the machine (paths, CUDA, world size): a checkpointed run's data may have moved."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError("config", f"invalid TOML: {err}") from None
+    raw = _parse_toml(text, "config")
     problems = _Problems()
     cfg = _build_config(raw, stem, problems)
     problems.raise_if_any()
@@ -140,7 +144,7 @@ def _read_extending(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     base = raw.pop("extends", None)
     if base is None:
         return raw
-    if not isinstance(base, str) or not base:
+    if not isinstance(base, str) or not base or "\x00" in base:  # NUL cannot be in a filesystem path
         raise ConfigError("extends", f"must be the path of a config file (relative to {path}), got {_describe(base)}")
     base_path = Path(os.path.normpath(path.parent / base))  # an absolute path stays as it is
     return _merge_extending(_read_extending(base_path, chain + (path,)), raw)
@@ -163,10 +167,18 @@ def _read_toml(path: Path, extended_by: Path | None) -> dict[str, Any]:
         line = text_line(path, err.start)
         raise ConfigError(str(path), f"is not UTF-8 (byte 0x{err.object[err.start]:02x} on line {line}); "
                           f"save it as UTF-8{by}") from None
+    if text.startswith("\ufeff"):  # TOML has no byte-order mark; some Windows editors write one
+        raise ConfigError(str(path), f"starts with a UTF-8 byte-order mark; save it as UTF-8 without one{by}")
+    return _parse_toml(text, str(path))
+
+
+def _parse_toml(text: str, key: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), f"invalid TOML: {err}") from None
+    except ValueError as err:  # TOMLDecodeError, or an integer beyond Python's 4,300-digit conversion limit
+        raise ConfigError(key, f"invalid TOML: {err}") from None
+    except RecursionError:  # tomllib recurses once per nesting level of an array or inline table
+        raise ConfigError(key, "invalid TOML: arrays or inline tables nested too deeply") from None
 
 
 def _merge_extending(base: dict[str, Any], extending: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +214,7 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     value_text = value_text.strip()
     try:
         value = tomllib.loads(f"v = {value_text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError
         value = value_text  # e.g. --set data.imagefolder.root=/data/x needs no quotes
     return keys, value
 
@@ -272,11 +284,18 @@ def _check_value(path: str, value: Any, expected: type, meta: typing.Mapping[str
     if choices is not None and value not in choices:
         options = ", ".join(repr(c) for c in choices)
         raise ConfigError(path, f"must be one of {options}, got {value!r}" + did_you_mean(value, choices))
+    if meta.get("path"):
+        # A control character (a pasted newline, a NUL) in a path is a mistake, and NUL is not even
+        # representable in a filesystem path.
+        control = next((c for c in value if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+        if control is not None:
+            raise ConfigError(path, f"a path must not contain control characters; {value!r} holds "
+                              f"U+{ord(control):04X}")
     for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
                             ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
         limit = meta.get(bound)
         if limit is not None and not ok(value, limit):
-            raise ConfigError(path, f"must be {word} {limit}, got {value!r}")
+            raise ConfigError(path, f"must be {word} {limit}, got {_show(value)}")
     return value
 
 
@@ -301,7 +320,10 @@ def _check_type(path: str, value: Any, expected: Any) -> Any:
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"must be a number, got {_describe(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the largest float
+            raise ConfigError(path, f"must be finite, got {_show(value)}") from None
         if not math.isfinite(value):
             raise ConfigError(path, f"must be finite, got {value!r}")
         return value
@@ -316,6 +338,8 @@ def _check_type(path: str, value: Any, expected: Any) -> Any:
     if expected is str:
         if not isinstance(value, str):
             raise ConfigError(path, f"must be a string, got {_describe(value)}")
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in value):  # from undecodable bytes in --set's argument
+            raise ConfigError(path, f"must be Unicode text, got {value!r} (undecodable bytes?)")
         return value
     return value  # an annotation this loader does not know (e.g. Any): the objective checks it
 
@@ -326,7 +350,14 @@ def _type_name(t: Any) -> str:
 
 def _describe(value: Any) -> str:
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "table", list: "array"}
-    return f"{kind.get(type(value), type(value).__name__)} {value!r}"
+    return f"{kind.get(type(value), type(value).__name__)} {_show(value)}"
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, but a huge integer (whose repr Python refuses past 4,300 digits) by its size."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"{'-' if value < 0 else ''}<an integer of {value.bit_length()} bits>"
+    return repr(value)
 
 
 # ----------------------------------------------------------------------------- the [loss] section
@@ -372,7 +403,7 @@ def _build_loss(raw: dict[str, Any], cfg: Config, problems: _Problems) -> LossCo
     for key, (annotation, default) in params.items():
         if key in raw:
             try:
-                options[key] = _check_type(f"loss.{key}", raw[key], annotation)
+                options[key] = _check_value(f"loss.{key}", raw[key], annotation, LOSS_ARGUMENT_LIMITS.get(key, {}))
             except ConfigError as err:
                 problems.add(err)
         elif default is REQUIRED:
@@ -385,8 +416,10 @@ def _build_loss(raw: dict[str, Any], cfg: Config, problems: _Problems) -> LossCo
         build_loss(name, **options, **engine_loss_arguments(name, cfg))
     except LossArgumentError as err:
         problems.report(f"loss.{err.argument}", str(err))
-    except (TypeError, ValueError) as err:
-        problems.report("loss", f"objective {name!r} rejected its arguments: {err}")
+    except (TypeError, ValueError, ArithmeticError, RuntimeError, MemoryError) as err:
+        # e.g. torch refusing a size it cannot allocate; its first line says why, the rest is C++ frames
+        first_line = (str(err).splitlines() or [type(err).__name__])[0]
+        problems.report("loss", f"objective {name!r} rejected its arguments: {first_line}")
     return LossConfig(name=name, options=tuple(options.items()))  # in the objective's signature order
 
 
@@ -436,7 +469,10 @@ def _check_cross_section(cfg: Config, problems: _Problems) -> None:
         problems.report("run.device", "is 'cuda' but torch.cuda.is_available() is False")
     _check_world_size(cfg, problems)
     if problems.usable("run.out_dir"):
-        _check_out_dir(cfg.run.out_dir, problems)
+        try:
+            _check_out_dir(cfg.run.out_dir, problems)
+        except OSError as err:  # e.g. a name too long for the filesystem
+            problems.report("run.out_dir", f"cannot be checked: {err.strerror or err}")
 
 
 def _check_out_dir(out_dir: str, problems: _Problems) -> None:
@@ -446,8 +482,19 @@ def _check_out_dir(out_dir: str, problems: _Problems) -> None:
     if not existing.is_dir():
         where = "is a file" if existing == path else f"lies under a file, {existing}"
         problems.report("run.out_dir", f"{out_dir} {where}; choose a directory")
-    elif not os.access(existing, os.W_OK | os.X_OK):
+    # the effective ids decide whether this process may write (os.access checks the real ones by default)
+    elif not os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         problems.report("run.out_dir", f"{existing} is not writable; choose a writable directory")
+
+
+def _is_dir(key: str, path: str | Path, problems: _Problems) -> bool | None:
+    """Whether ``path`` is a directory; None (and a problem reported under ``key``) when the filesystem
+    cannot say, e.g. for a name longer than it allows."""
+    try:
+        return Path(path).is_dir()
+    except OSError as err:
+        problems.report(key, f"cannot be checked: {err.strerror or err}")
+        return None
 
 
 def _check_imagefolder(cfg: Config, problems: _Problems) -> None:
@@ -455,7 +502,7 @@ def _check_imagefolder(cfg: Config, problems: _Problems) -> None:
     if problems.usable("data.imagefolder.root"):
         if not folder.root:
             problems.report("data.imagefolder.root", "is required when data.dataset = 'imagefolder'")
-        elif not Path(folder.root).is_dir():
+        elif _is_dir("data.imagefolder.root", folder.root, problems) is False:
             problems.report("data.imagefolder.root", f"no such directory: {folder.root}")
     # The DALI pipeline must be able to run on the device now, not at the first batch: DALI
     # importable; for "gpu" a GPU, and the project's colour operator with its CUDA backend or
@@ -476,9 +523,10 @@ def _check_torchvision_set(cfg: Config, problems: _Problems) -> None:
         if not settings.root:
             problems.report("data.torchvision.root", f"is required when data.dataset = {dataset!r}: the directory "
                             f"holding {folder}")
-        elif not Path(settings.root).is_dir():
-            problems.report("data.torchvision.root", f"no such directory: {settings.root}")
-        elif not (Path(settings.root) / folder).is_dir():
+        elif (is_dir := _is_dir("data.torchvision.root", settings.root, problems)) is not True:
+            if is_dir is False:
+                problems.report("data.torchvision.root", f"no such directory: {settings.root}")
+        elif _is_dir("data.torchvision.root", Path(settings.root) / folder, problems) is False:
             problems.report("data.torchvision.root", f"{settings.root} has no {folder} folder, which torchvision "
                             f"reads for data.dataset = {dataset!r} (it is never downloaded)")
     if dataset != "stl10" and settings.split in STL10_ONLY_SPLITS and problems.usable("data.torchvision.split"):
@@ -579,7 +627,4 @@ def dumps_config(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config atomically (a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_config(cfg), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, dumps_config(cfg))

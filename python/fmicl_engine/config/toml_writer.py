@@ -3,7 +3,6 @@ nested tables. tomllib only reads; this avoids a dependency for the other direct
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -20,8 +19,7 @@ def format_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)  # shortest round-tripping form; "1e-05" is valid TOML
     if isinstance(value, str):
-        # JSON string escapes (\" \\ \n \t \uXXXX) are all valid in TOML basic strings.
-        return json.dumps(value, ensure_ascii=False)
+        return basic_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")
@@ -49,4 +47,26 @@ def dumps(table: dict[str, Any]) -> str:
 
 def _key(key: str) -> str:
     bare = key and all(c.isalnum() or c in "-_" for c in key) and key.isascii()
-    return key if bare else json.dumps(key)
+    return key if bare else basic_string(key)
+
+
+# TOML's short escapes; every other control character (U+0000-U+001F, U+007F), which a basic string
+# may not hold as it is, becomes \uXXXX. Everything else is written as it is (the file is UTF-8).
+_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+
+
+def basic_string(text: str) -> str:
+    """``text`` as a TOML basic string ("..."), which tomllib reads back to ``text``."""
+    out = []
+    for c in text:
+        code = ord(c)
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        elif 0xD800 <= code <= 0xDFFF:  # a lone surrogate has no UTF-8 form and no TOML escape
+            raise ValueError(f"cannot write a lone surrogate (U+{code:04X}) to TOML: {text!r}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+

@@ -16,12 +16,15 @@ blur to rounding, its window cut at 3 sigma (see view_inputs). Without the proje
 (dali_ops.colour_backend), DALI's built-in operators do the colour steps (_builtin_colour).
 
 The loader builds its pipeline once and feeds it each epoch's batches (the pipeline's external
-source reads them from a ``_Feed``); it rebuilds it only after a decoder error. ``close()`` (or
+source reads them from a ``_Feed``); it rebuilds it only after a decoder error. DALI's error does
+not say which file failed, so the loader finds out (``_find_undecodable``), leaves those files
+out (or raises BadImageFileError naming one) and resumes at the same position. ``close()`` (or
 a ``with`` block) releases the pipeline and the reader threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +37,7 @@ import torch
 from fmicl_engine.data.dali_ops import (BUILTIN, EXACT, colour_backend, dali_problem, dali_wheel,
                                        load_dali_ops)
 from fmicl_engine.data.loader_state import EpochPositionState
-from fmicl_engine.data.image_index import ImageIndex, report_bad_file
+from fmicl_engine.data.image_index import ImageIndex, header_size, one_line, report_bad_files
 from fmicl_engine.data.recipe import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD,
                                       AugmentationRecipe)
 from fmicl_engine.data.sampler import (BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewPairParams,
@@ -257,6 +260,14 @@ def build_pipeline(source, config: PipelineConfig, batch_size: int, *, device_id
     return pipe
 
 
+def _dali_cause(error: Exception) -> str:
+    """A DALI error's cause in one line, without the pipeline's traceback before it and the
+    "no longer valid" lines after it."""
+    text = str(error).split("encountered:", 1)[-1]
+    cause = one_line(" ".join(line for line in text.splitlines() if "no longer valid" not in line))
+    return cause.rstrip(" :") or f"{type(error).__name__}: {one_line(str(error))}"
+
+
 def _to_torch(tensor_list, dtype: torch.dtype) -> torch.Tensor:
     dense = tensor_list.as_tensor()
     if type(tensor_list).__name__ == "TensorListGPU":
@@ -438,24 +449,55 @@ class DaliTwoViewLoader(EpochPositionState):
             self._pipe = None
         self._mid_epoch = False
 
-    def _find_undecodable(self, plan) -> bool:
-        """After a decoder error: finds the culprits among the batches DALI may have started."""
-        from PIL import Image
+    def _find_undecodable(self, plan, error: Exception) -> None:
+        """After a decoder error: finds the culprits among the batches DALI may have started,
+        leaves them out of the epoch, and reports them (report_bad_files). First from their
+        headers (a file gone, replaced by another size or by content the decoder cannot read
+        since it was indexed), else by decoding each alone in a one-sample copy of the pipeline
+        (a corrupt body). Raises RuntimeError in one line when no file explains the error."""
+        suspects = [int(i) for _, batch in list(plan)[: self.config.prefetch + 1] for i in batch]
+        bad = [(i, reason) for i in suspects if (reason := self._header_problem(i))]
+        if not bad:
+            bad = self._decode_alone(suspects)
+        if not bad:
+            raise RuntimeError(f"the DALI pipeline failed although each file of its batches "
+                               f"decodes alone: {_dali_cause(error)}") from error
+        for i, _ in bad:
+            self._undecodable.add(i)
+            self.skipped_files.append(self.index.paths[i])
+        report_bad_files([(self.index.paths[i], reason) for i, reason in bad], self.on_bad_file)
 
-        found = False
-        for _, batch in list(plan)[: self.config.prefetch + 1]:
-            for i in batch:
-                path = self.index.paths[int(i)]
-                try:
-                    with Image.open(path) as image:
-                        image.convert("RGB").load()
-                except (OSError, ValueError) as err:
-                    self._undecodable.add(int(i))
-                    self.skipped_files.append(path)
-                    report_bad_file(path, f"reading or decoding failed: {type(err).__name__}: {err}",
-                                    self.on_bad_file)
-                    found = True
-        return found
+    def _header_problem(self, i: int) -> str:
+        width, height, reason = header_size(self.index.paths[i])
+        if reason:
+            return reason
+        indexed = (int(self.index.widths[i]), int(self.index.heights[i]))
+        if (width, height) != indexed:  # its crops would lie outside the new image
+            return (f"replaced since it was indexed ({width}x{height} now, {indexed[0]}x"
+                    f"{indexed[1]} then; the next run indexes it again)")
+        return ""
+
+    def _decode_alone(self, suspects: list[int]) -> list[tuple[int, str]]:
+        """(index, DALI's error) for each suspect that fails alone, with its own views, in a
+        one-sample copy of the pipeline (rebuilt after each failure: DALI's is then invalid)."""
+        feed = _Feed(self._read, input_names(self.config))
+        feed.epoch = self.epoch
+        device_id = torch.cuda.current_device() if self.config.device == "gpu" else None
+        config = dataclasses.replace(self.config, prefetch=1)
+        bad, pipe = [], None
+        for i in suspects:
+            if pipe is None:
+                pipe = build_pipeline(feed, config, 1, device_id=device_id)
+            feed.batches = [np.array([i])]
+            try:
+                while True:  # the sample, then the end of this one-batch epoch
+                    pipe.run()
+            except StopIteration:
+                pipe.reset()
+            except (RuntimeError, OSError) as err:
+                bad.append((i, f"the image decoder failed: {_dali_cause(err)}"))
+                pipe = None
+        return bad
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if self._closed:
@@ -493,12 +535,11 @@ class DaliTwoViewLoader(EpochPositionState):
                     if not left:  # the feed's last batch
                         self._end_epoch()
                     yield batch
-            except (RuntimeError, OSError):
+            except (RuntimeError, OSError) as err:
                 # A decoder error (RuntimeError) or a file gone since indexing (OSError, from the
                 # reader): DALI cannot continue; find the files, rebuild the pipeline, go on.
                 if generation != self._generation:
                     raise
                 self._pipe, self._mid_epoch = None, False
-                if not self._find_undecodable(plan):
-                    raise
+                self._find_undecodable(plan, err)
                 plan = self._plan(shard)

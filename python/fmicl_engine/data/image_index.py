@@ -1,19 +1,27 @@
-"""The dataset's file list, labels and image sizes, read once from the JPEG headers and cached.
+"""The dataset's file list, labels and image sizes, read from the image headers and cached.
 
 RandomResizedCrop needs every image's width and height before decoding, so a sampler outside
 the decoder needs them up front. Pillow reads them from the headers without decoding; for ImageNet
 (1.28 M files) that takes minutes, so the index is cached: in a cache directory, never in the
 dataset (shared dataset folders are often read-only), one file per dataset root or file list
-(``cache_directory``). Files that Pillow cannot identify are bad files: skipped with a warning
-naming each, or BadImageFileError with ``on_bad_file="error"``.
+(``cache_directory``). Its entries are keyed by path, file size and modification time (ns): a
+later build re-reads only the files that are new or changed, so a replaced, repaired or broken
+file is judged afresh. An unreadable cache file is rebuilt, with a warning naming it.
+
+Admission is by content, not by extension: a file is a sample only if Pillow identifies it as a
+format DALI's image decoder reads (``decoder_problem``). Other files are bad files: left out with
+one warning naming their count and the first few, or BadImageFileError with
+``on_bad_file="error"``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +29,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fmicl_engine.atomic_files import write_atomically
+
 # torchvision's ImageFolder extensions; other files in the tree are not samples and are ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CACHE_ENV = "FMICL_CACHE_DIR"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: entries keyed by (path, size, mtime); admission by decodable content
+_CACHE_ARRAYS = ("paths", "file_sizes", "mtimes", "widths", "heights", "reasons")
+# Pillow's names of the formats DALI's image decoder reads on the CPU and the GPU (checked with
+# DALI 2.4: GIF, TGA, PCX, ICO, SGI, QOI, DDS... fail in it although Pillow reads them).
+DECODER_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "JPEG2000", "WEBP")
+_TIFF_BITS = (1, 8, 16)
+_NAMED_BAD_FILES = 3  # a warning names this many skipped files; the list holds them all
 ON_BAD_FILE = ("skip", "error")
 ON_BAD_FILE_KEY = "data.imagefolder.on_bad_file"
 
@@ -53,14 +69,27 @@ class ImageIndex:
         return len(self.paths)
 
 
-def report_bad_file(path: str, reason: str, on_bad_file: str) -> None:
-    """Warns (skip) or raises BadImageFileError (error) for one bad file, naming it in one line."""
-    reason = " ".join(reason.split())  # one line, whatever the decoder said
-    message = f"unreadable or non-image file {path}: {reason}"
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def report_bad_files(bad: list[tuple[str, str]], on_bad_file: str) -> None:
+    """For (path, reason) pairs: raises BadImageFileError naming the first (``"error"``), or
+    warns once, in one line, with their count and the first few (``"skip"``)."""
+    if not bad:
+        return
+    path, reason = bad[0]
     if on_bad_file == "error":
-        raise BadImageFileError(f'{message} (set {ON_BAD_FILE_KEY} = "skip" to skip such files)',
-                                path)
-    warnings.warn("skipping " + message, RuntimeWarning, stacklevel=3)
+        raise BadImageFileError(f"unreadable or non-image file {path}: {one_line(reason)} "
+                                f'(set {ON_BAD_FILE_KEY} = "skip" to skip such files)', path)
+    if len(bad) == 1:
+        message = f"skipping unreadable or non-image file {path}: {one_line(reason)}"
+    else:
+        named = "; ".join(f"{p}: {one_line(r)}" for p, r in bad[:_NAMED_BAD_FILES])
+        more = len(bad) - _NAMED_BAD_FILES
+        message = (f"skipping {len(bad)} unreadable or non-image files: {named}"
+                   + (f"; and {more} more" if more > 0 else ""))
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _list_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
@@ -91,14 +120,46 @@ def _read_file_list(file_list: Path, root: Path | None) -> tuple[list[str], list
     return paths, labels
 
 
-def _header_size(path: str) -> tuple[int, int, str]:
-    """(width, height, "") from the header, or (0, 0, reason) for a bad file."""
+def decoder_problem(image: Image.Image) -> str:
+    """Why DALI's image decoder cannot read this image (opened by Pillow, not decoded), or ""."""
+    if image.format not in DECODER_FORMATS:
+        return (f"{image.format or 'unknown'} content, which the image decoder cannot read "
+                "(it reads JPEG, PNG, BMP, TIFF, PNM, JPEG 2000 and WebP)")
+    if image.mode == "F":  # DALI decodes floating-point samples as wrong pixels (white)
+        return f"floating-point {image.format} samples, which the image decoder cannot read"
+    if image.format == "TIFF":
+        bits = image.tag_v2.get(258)         # BitsPerSample: DALI's parser requires the tag
+        sample_format = image.tag_v2.get(339, (1,))  # 1: unsigned integer
+        if bits is None or any(b not in _TIFF_BITS for b in bits):
+            return (f"TIFF with {bits or 'unstated'} bits per sample; the image decoder reads "
+                    "1, 8 and 16")
+        if any(f != 1 for f in sample_format):
+            return ("TIFF with signed or floating-point samples; the image decoder reads unsigned "
+                    "integers only")
+    return ""
+
+
+def header_size(path: str) -> tuple[int, int, str]:
+    """(width, height, "") from the header of a file the decoder can read, or (0, 0, reason)."""
     try:
         with Image.open(path) as image:
             width, height = image.size
-        return width, height, ""
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        return 0, 0, f"{type(err).__name__}: {err}".replace("\n", " ")
+            problem = decoder_problem(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return 0, 0, f"{type(err).__name__}: {err}"
+    return (0, 0, problem) if problem else (width, height, "")
+
+
+def _file_stats(paths: list[str]) -> list[tuple[int, int]]:
+    """(size, mtime in ns) of each file, (-1, -1) where it cannot be read."""
+    stats = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stats.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((-1, -1))
+    return stats
 
 
 def cache_directory(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -130,27 +191,75 @@ def _unpack_strings(blob: np.ndarray) -> list[str]:
     return blob.tobytes().decode().split("\n") if blob.size else [""]
 
 
-def _load_cache(cache: Path, paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    if not cache.is_file():
+def _load_cache(cache: Path) -> dict | None:
+    """The cached entries (_CACHE_ARRAYS, paths and reasons as lists), or None: absent, of an
+    older version, or unreadable (then with a warning naming the file: it is rebuilt)."""
+    if not cache.exists():
         return None
     try:
         with np.load(cache, allow_pickle=False) as z:
-            if int(z["version"]) != _CACHE_VERSION or _unpack_strings(z["paths"]) != paths:
-                return None  # the tree changed: rebuild
-            return z["widths"], z["heights"], _unpack_strings(z["reasons"])
-    except (OSError, ValueError, KeyError):
+            if int(z["version"]) != _CACHE_VERSION:
+                return None  # an older format: rebuilt
+            entries = {name: z[name] for name in _CACHE_ARRAYS}
+        entries["paths"] = _unpack_strings(entries["paths"])
+        entries["reasons"] = _unpack_strings(entries["reasons"])
+        if any(len(entries[name]) != len(entries["paths"]) for name in _CACHE_ARRAYS):
+            raise ValueError("its arrays differ in length")
+        return entries
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as err:
+        warnings.warn(f"the image size index {cache} is unreadable "
+                      f"({type(err).__name__}: {one_line(str(err))}); rebuilding it",
+                      RuntimeWarning, stacklevel=3)
         return None
 
 
-def _save_cache(cache: Path, paths, widths, heights, reasons) -> None:
+def _save_cache(cache: Path, entries: dict) -> None:
+    arrays = {**entries, "paths": _pack_strings(entries["paths"]), "reasons": _pack_strings(entries["reasons"])}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, version=_CACHE_VERSION, paths=_pack_strings(paths), widths=widths,
-                 heights=heights, reasons=_pack_strings(reasons))
-        os.replace(tmp, cache)  # atomic: a concurrent reader sees the old or the new index
+        # atomic: a reader, or a crash, sees the old or the new index
+        write_atomically(cache, lambda f: np.savez(f, version=_CACHE_VERSION, **arrays))
     except OSError as err:
         warnings.warn(f"could not cache the image size index at {cache}: {err}", RuntimeWarning)
+
+
+def _indexed_entries(paths: list[str], cache: Path, num_threads: int) -> dict:
+    """The entries of ``paths``: reused from the cache where path, size and mtime match, read
+    from the headers otherwise; the cache is rewritten when anything changed."""
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:  # I/O-bound: threads overlap reads
+        chunks = [paths[i:i + 4096] for i in range(0, len(paths), 4096)]
+        stats = np.array([s for chunk in pool.map(_file_stats, chunks) for s in chunk],
+                         dtype=np.int64).reshape(-1, 2)
+        file_sizes, mtimes = stats[:, 0], stats[:, 1]
+        cached = _load_cache(cache)
+        rows = np.full(len(paths), -1, dtype=np.int64)  # each path's row in the cache
+        if cached is not None:
+            if cached["paths"] == paths:
+                rows[:] = np.arange(len(paths))
+            else:
+                row_of = {p: i for i, p in enumerate(cached["paths"])}
+                rows[:] = [row_of.get(p, -1) for p in paths]
+        known = rows >= 0
+        if known.any():
+            r = rows[known]
+            known[known] = ((cached["file_sizes"][r] == file_sizes[known])
+                            & (cached["mtimes"][r] == mtimes[known]) & (file_sizes[known] >= 0))
+        widths = np.zeros(len(paths), dtype=np.int32)
+        heights = np.zeros(len(paths), dtype=np.int32)
+        reasons = [""] * len(paths)
+        if known.any():
+            widths[known] = cached["widths"][rows[known]]
+            heights[known] = cached["heights"][rows[known]]
+            reasons = [cached["reasons"][r] if ok else "" for r, ok in zip(rows.tolist(), known)]
+        stale = np.flatnonzero(~known)
+        for i, (w, h, reason) in zip(stale, pool.map(header_size, [paths[i] for i in stale])):
+            widths[i], heights[i], reasons[i] = w, h, reason
+    entries = {"paths": paths, "file_sizes": file_sizes, "mtimes": mtimes, "widths": widths,
+               "heights": heights, "reasons": reasons}
+    if len(stale) or cached is None or len(cached["paths"]) != len(paths):
+        _save_cache(cache, entries)
+    return entries
 
 
 def build_image_index(*, root: str | None = None, file_list: str | None = None,
@@ -185,30 +294,19 @@ def build_image_index(*, root: str | None = None, file_list: str | None = None,
         raise ValueError(f"{where} holds no images (expected class folders of "
                          f"{', '.join(IMAGE_EXTENSIONS)} files)")
 
-    cache = _cache_path(sources, cache_dir)
-    cached = _load_cache(cache, paths)
-    if cached is None:
-        with ThreadPoolExecutor(max(1, num_threads)) as pool:
-            sizes = list(pool.map(_header_size, paths))  # I/O-bound: threads overlap reads
-        widths = np.array([s[0] for s in sizes], dtype=np.int32)
-        heights = np.array([s[1] for s in sizes], dtype=np.int32)
-        reasons = [s[2] for s in sizes]
-        _save_cache(cache, paths, widths, heights, reasons)
-    else:
-        widths, heights, reasons = cached
-
+    entries = _indexed_entries(paths, _cache_path(sources, cache_dir), num_threads)
+    widths, heights, reasons = entries["widths"], entries["heights"], entries["reasons"]
     good = widths > 0
     skipped = [p for p, ok in zip(paths, good) if not ok]
-    for i in np.flatnonzero(~good):
-        report_bad_file(paths[i], reasons[i], on_bad_file)
+    report_bad_files([(paths[i], reasons[i]) for i in np.flatnonzero(~good)], on_bad_file)
     if not good.any():
         raise ValueError(f"{where}: none of its {len(paths)} image files is readable")
     keep = np.flatnonzero(good)
     return ImageIndex(
         paths=[paths[i] for i in keep],
         labels=np.asarray(labels, dtype=np.int64)[keep],
-        widths=widths[keep].astype(np.int32),
-        heights=heights[keep].astype(np.int32),
+        widths=widths[keep],
+        heights=heights[keep],
         classes=classes,
         skipped=skipped,
     )

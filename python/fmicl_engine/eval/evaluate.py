@@ -20,6 +20,7 @@ from fmicl_engine.eval.geometry import alignment_uniformity, similarity_histogra
 from fmicl_engine.eval.knn import knn_classify
 from fmicl_engine.eval.linear_sgd import train_linear_probe
 from fmicl_engine.eval.mi_estimates import estimate_mi
+from fmicl_engine.atomic_files import write_text_atomically
 from fmicl_engine.train.distributed import DistContext
 
 
@@ -153,7 +154,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out_dir: Path, *, log=prin
         if ctx.is_main:
             report = {"checkpoint": str(path), "step": step, **report}
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(out_dir) / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+            write_text_atomically(Path(out_dir) / "eval.json", json.dumps(report, indent=2) + "\n")
             from fmicl_engine.eval.report import write_run_figures
 
             write_run_figures(out_dir, log=log)

@@ -49,7 +49,8 @@ else:  # pragma: no cover
 
 from fmicl_engine.config.schema import ModelConfig
 from fmicl_engine.models.encoders import ARCHITECTURES
-from fmicl_engine.train.checkpoint import CheckpointStore, file_sha256, load_checkpoint, write_atomically
+from fmicl_engine.atomic_files import write_atomically
+from fmicl_engine.train.checkpoint import CheckpointStore, file_sha256, load_checkpoint
 
 FORMATS = ("torchvision", "engine")
 

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from fmicl_engine.atomic_files import write_atomically
 from fmicl_engine.config import Config, ConfigError
 from fmicl_engine.data.recipe import IMAGENET_MEAN, IMAGENET_STD
 from fmicl_engine.train.distributed import DistContext, barrier
@@ -152,9 +153,7 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, *, name: str, c
         for r, (f, y) in enumerate(shards):  # rank r holds images r, r + W, ...
             features[r::ctx.world_size], labels[r::ctx.world_size] = f, y
     if ctx.is_main:
-        tmp = complete.with_name(complete.name + ".tmp")
-        torch.save((features, labels), tmp)
-        tmp.replace(complete)
+        write_atomically(complete, lambda f: torch.save((features, labels), f))
         for r in range(ctx.world_size if ctx.distributed else 0):
             (cache_dir / f"{name}.rank{r}.pt").unlink(missing_ok=True)
     if ctx.distributed:

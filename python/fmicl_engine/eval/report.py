@@ -35,6 +35,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from fmicl_engine.atomic_files import write_atomically, write_text_atomically
+
 MISSING = "—"
 
 # (row key, column header) of compare.md, in order.
@@ -180,9 +182,7 @@ def _figure(width: float = 6.4, height: float = 4.4):
 
 def _save(figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: figure.savefig(f, format="png"))
     return path
 
 
@@ -491,7 +491,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         text += [f"_{note}._", ""]
         if log is not None:
             log(f"{out}: {note}")
-    (out / "compare.md").write_text("\n".join(text), encoding="utf-8")
+    write_text_atomically(out / "compare.md", "\n".join(text))
     return rows
 
 

@@ -9,10 +9,12 @@ same keywords, registered by name in ``LOSS_REGISTRY`` for ``build_loss(name, **
     MIBoundLoss(bound, critic, dim, hidden=None)   -bound(critic(z1, z2)), trainable critic
 
 Errors: LossArgumentError (a ValueError; ``.argument`` names the input or keyword) for invalid
-arguments, NonFiniteLossError (a FloatingPointError) when the loss overflows to inf/NaN.
+arguments (meta tensors included: they have no values to check), NonFiniteLossError (a
+FloatingPointError; ``.argument`` names the hyperparameter it is owed to) when the loss overflows
+to inf/NaN.
 
-The checks of values on the device (finite embeddings, loss and fused gradient; each once per
-call) raise at once, a host-device sync each; inside ``with DeferredFiniteChecks() as checks:`` they
+The checks of values on the device (finite embeddings or scores, loss and fused gradient; each
+once per call) raise at once, a host-device sync each; inside ``with DeferredFiniteChecks() as checks:`` they
 are recorded on the device instead, and ``checks.check()`` (one sync) raises the first failure since
 the last check. Nothing else on the fused path reads a device value, and under ``torch.no_grad()``
 the fused ops compute the loss without its gradient.

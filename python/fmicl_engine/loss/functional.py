@@ -52,9 +52,9 @@ def _runs_fused(objective: str, z1, z2, hyperparameters: dict, backend: str, gat
     return False
 
 
-def _pairwise(objective: str, z1, z2, hyperparameters: dict, backend, gather_distributed, *, scale: str | None,
+def _pairwise(objective: str, z1, z2, hyperparameters: dict, backend, gather_distributed, *,
               context: dict) -> torch.Tensor:
-    """The checked loss of a pairwise objective; ``scale`` and ``context`` describe a non-finite one."""
+    """The checked loss of a pairwise objective; ``context`` describes a non-finite one."""
     backend = check_choice("backend", backend, BACKENDS)
     gather_distributed = check_bool("gather_distributed", gather_distributed)
     check_pair(z1, z2)
@@ -69,7 +69,7 @@ def _pairwise(objective: str, z1, z2, hyperparameters: dict, backend, gather_dis
         import torch.distributed as dist
 
         group = dist.group.WORLD
-    return check_finite_loss(loss, objective, **context, scale=scale, group=group)
+    return check_finite_loss(loss, objective, hyperparameters=hyperparameters, group=group, **context)
 
 
 def fmicl_loss(z1: torch.Tensor, z2: torch.Tensor, divergence: str = "kl", similarity: str = "gaussian", *,
@@ -83,7 +83,7 @@ def fmicl_loss(z1: torch.Tensor, z2: torch.Tensor, divergence: str = "kl", simil
     hp = fmicl_hyperparameters(divergence, similarity, sigma, tau, mu, alpha, tsallis_alpha, normalize)
     scale = "sigma" if hp["similarity"] == "gaussian" else "tau"
     context = dict(divergence=hp["divergence"], similarity=hp["similarity"], **{scale: hp[scale]})
-    return _pairwise("fmicl", z1, z2, hp, backend, gather_distributed, scale=scale, context=context)
+    return _pairwise("fmicl", z1, z2, hp, backend, gather_distributed, context=context)
 
 
 def infonce_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5, normalize: bool = True,
@@ -93,7 +93,7 @@ def infonce_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5, normal
     The cosine normalises by definition, so ``normalize`` does not change the value; it is
     accepted so every pairwise objective takes the same keywords."""
     hp = infonce_hyperparameters(tau, normalize)
-    return _pairwise("infonce", z1, z2, hp, backend, gather_distributed, scale="tau", context=dict(tau=hp["tau"]))
+    return _pairwise("infonce", z1, z2, hp, backend, gather_distributed, context=dict(tau=hp["tau"]))
 
 
 def align_uniform_loss(z1: torch.Tensor, z2: torch.Tensor, *, align_alpha: float = 2.0, t: float = 2.0,
@@ -101,7 +101,7 @@ def align_uniform_loss(z1: torch.Tensor, z2: torch.Tensor, *, align_alpha: float
                        gather_distributed: bool = False) -> torch.Tensor:
     """Wang & Isola: L_align + lambda_uniform L_uniform on L2-normalised embeddings."""
     hp = align_uniform_hyperparameters(align_alpha, t, lambda_uniform)
-    return _pairwise("align_uniform", z1, z2, hp, backend, gather_distributed, scale=None, context=hp)
+    return _pairwise("align_uniform", z1, z2, hp, backend, gather_distributed, context=hp)
 
 
 def rpc_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5, alpha: float = 0.0, beta: float = 0.001,
@@ -109,11 +109,11 @@ def rpc_loss(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.5, alpha: flo
     """-J of relative predictive coding with scores s = Z_a.Z_b / tau (reference backend only)."""
     hp = rpc_hyperparameters(tau, alpha, beta, gamma, normalize)
     check_pair(z1, z2)
-    return check_finite_loss(reference.rpc(z1, z2, **hp), "rpc", tau=hp["tau"], scale="tau")
+    return check_finite_loss(reference.rpc(z1, z2, **hp), "rpc", hyperparameters=hp, tau=hp["tau"])
 
 
 def emmi_loss(z1: torch.Tensor, z2: torch.Tensor, *, eps: float = 1e-4) -> torch.Tensor:
     """-I of EMMI: Gaussian MI from the batch covariances (Cholesky log-determinants)."""
     hp = emmi_hyperparameters(eps)
     check_pair(z1, z2)
-    return check_finite_loss(reference.emmi(z1, z2, **hp), "emmi", eps=hp["eps"], scale="eps")
+    return check_finite_loss(reference.emmi(z1, z2, **hp), "emmi", hyperparameters=hp, eps=hp["eps"])

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from fmicl_engine import _ext
 from fmicl_engine.loss import ops
-from fmicl_engine.loss.validation import Failure, LossArgumentError, NonFiniteLossError, compute_dtype, raise_if
+from fmicl_engine.loss.validation import (Failure, LossArgumentError, NonFiniteLossError, compute_dtype,
+                                          overflow_diagnosis, raise_if)
 
 OBJECTIVES = ("fmicl", "infonce", "align_uniform")
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -55,17 +56,21 @@ def supports(objective: str, z1: torch.Tensor, z2: torch.Tensor, **hp) -> bool:
     return ops.has_kernel(z1.device.type)
 
 
-def check_finite_gradient(grad_z: torch.Tensor, objective: str, scale: str | None, group=None) -> None:
+def check_finite_gradient(grad_z: torch.Tensor, objective: str, scale: str | None, group=None, *,
+                          hyperparameters: dict | None = None) -> None:
     """The value can be finite while a derivative overflows (validation.raise_if: one sync, or
     deferred; the op already paid O(N² d)). With a process group, grad_z is this rank's share and
     the ranks agree (immediate mode: one all-reduce of one element) so that all raise or none: a
-    rank raising alone would leave the others waiting in the backward's reduce-scatter. Skipped
-    while torch.compile traces: a data-dependent branch would break the graph."""
+    rank raising alone would leave the others waiting in the backward's reduce-scatter. The error
+    names ``scale``, or, given ``hyperparameters``, the one the overflow is owed to (as
+    validation.check_finite_loss). Skipped while torch.compile traces: a data-dependent branch
+    would break the graph."""
     if torch.compiler.is_compiling():
         return
-    hint = f"increase {scale}, " if scale else ""
-    failure = Failure(NonFiniteLossError, scale, f"{objective}: the gradient of the fused loss overflows "
-                                                 f"{grad_z.dtype} for these inputs; {hint}or pass float64 embeddings")
+    failure = Failure(NonFiniteLossError, scale,
+                      f"{objective}: the gradient of the fused loss overflows {grad_z.dtype} for these inputs; "
+                      f"{{advice}}or pass float64 embeddings",
+                      overflow_diagnosis(objective, hyperparameters, compute_dtype(grad_z.dtype)))
     raise_if((~torch.isfinite(grad_z)).any(), failure, group=group)
 
 
@@ -83,17 +88,17 @@ def pairwise_loss(objective: str, z1: torch.Tensor, z2: torch.Tensor, *, gather_
     if missing is not None:
         raise LossArgumentError("backend", f"the fused backend (backend='fused', or gather_distributed=True) "
                                            f"cannot run on {z1.device}: {missing}")
-    if objective == "align_uniform":
-        return _align_uniform(z1, z2, gather_distributed=gather_distributed, tile=tile, **hp)
-    if objective == "fmicl":
-        op = functools.partial(ops.fmicl_fwd_bwd, **hp, tile=tile)
-        scale = "sigma" if hp["similarity"] == "gaussian" else "tau"
-    elif objective == "infonce":
-        op, scale = functools.partial(ops.infonce_fwd_bwd, tau=hp["tau"], tile=tile), "tau"
-    else:
+    if objective not in OBJECTIVES:
         raise LossArgumentError("objective", f"the fused backend has no objective {objective!r}; "
                                              f"it computes {', '.join(OBJECTIVES)}")
-    check_gradient = functools.partial(check_finite_gradient, objective=objective, scale=scale)
+    check_gradient = functools.partial(check_finite_gradient, objective=objective, scale=None, hyperparameters=hp)
+    if objective == "align_uniform":
+        return _align_uniform(z1, z2, gather_distributed=gather_distributed, tile=tile, check_gradient=check_gradient,
+                              **hp)
+    if objective == "fmicl":
+        op = functools.partial(ops.fmicl_fwd_bwd, **hp, tile=tile)
+    else:
+        op = functools.partial(ops.infonce_fwd_bwd, tau=hp["tau"], tile=tile)
     if gather_distributed:
         from fmicl_engine.loss import distributed  # imported here: only distributed runs need it
 
@@ -112,7 +117,7 @@ def _whole_batch(op, z: torch.Tensor, check_gradient) -> torch.Tensor:
 
 
 def _align_uniform(z1, z2, *, align_alpha: float, t: float, lambda_uniform: float, gather_distributed: bool,
-                   tile: int) -> torch.Tensor:
+                   tile: int, check_gradient) -> torch.Tensor:
     """L_align (O(N d), plain autograd) + lambda_uniform L_uniform (the fused op)."""
     dtype = compute_dtype(z1.dtype)
     u1, u2 = F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)
@@ -124,7 +129,6 @@ def _align_uniform(z1, z2, *, align_alpha: float, t: float, lambda_uniform: floa
     if lambda_uniform == 0:
         return align
     op = functools.partial(ops.uniformity_fwd_bwd, t=t, tile=tile)
-    check_gradient = functools.partial(check_finite_gradient, objective="align_uniform", scale="t")
     if gather_distributed:
         from fmicl_engine.loss import distributed
 

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
-from fmicl_engine.loss.validation import (BOUNDS, CRITICS, LossArgumentError, check_choice, check_finite_loss,
-                                          check_pair)
+from fmicl_engine.loss.validation import (BOUNDS, CRITICS, Failure, LossArgumentError, NonFiniteLossError,
+                                          check_choice, check_not_meta, check_pair, raise_if)
 
 
 def _off_diagonal(scores: torch.Tensor) -> torch.Tensor:
@@ -29,11 +29,25 @@ def mi_bound(scores: torch.Tensor, bound: str = "infonce") -> torch.Tensor:
     infonce: mean_i [T_ii - log((1/K) sum_j exp T_ij)]   (<= log K)
     nwj:     mean_i T_ii - e^-1 mean_{i != j} exp T_ij
     dv:      mean_i T_ii - log mean_{i != j} exp T_ij
+
+    Scores with inf/NaN raise LossArgumentError (argument "scores"); an estimate that overflows
+    (NWJ's e^(T - 1) beyond ~88 in float32) raises NonFiniteLossError. Both checks read a device
+    value (validation.raise_if: at once, or deferred inside DeferredFiniteChecks).
     """
     bound = check_choice("bound", bound, BOUNDS)
-    if not isinstance(scores, torch.Tensor) or scores.dim() < 2 or scores.shape[-1] != scores.shape[-2]:
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise LossArgumentError("scores", f"scores must be a (..., K, K) tensor, got {got}")
+    return _checked_bound(scores, bound, Failure(LossArgumentError, "scores", "scores contain inf or NaN"),
+                         argument="scores")
+
+
+def _checked_bound(scores, bound: str, non_finite_scores: Failure, argument: str | None) -> torch.Tensor:
+    """The one path of mi_bound and MIBoundLoss: check the scores' layout, that they are finite
+    (``non_finite_scores``: the caller's scores are an argument, the module's its critic's output),
+    compute the bound, and refuse an estimate that overflows (NonFiniteLossError naming ``argument``)."""
+    if not isinstance(scores, torch.Tensor):
+        raise LossArgumentError("scores", f"scores must be a (..., K, K) tensor, got {type(scores).__name__}")
+    check_not_meta("scores", scores)
+    if scores.dim() < 2 or scores.shape[-1] != scores.shape[-2]:
+        raise LossArgumentError("scores", f"scores must be a (..., K, K) tensor, got {tuple(scores.shape)}")
     k = scores.shape[-1]
     if k < 2:
         raise LossArgumentError("scores", f"scores need K >= 2 pairs, got K={k}")
@@ -41,6 +55,24 @@ def mi_bound(scores: torch.Tensor, bound: str = "infonce") -> torch.Tensor:
         raise LossArgumentError("scores", f"scores must have a floating-point dtype, got {scores.dtype}")
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()  # as every loss here: half inputs are computed and returned in float32
+    if scores.numel() == 0:  # no batch: an empty estimate, nothing to check
+        return _bound(scores, bound)
+    raise_if(~torch.isfinite(scores).all(), non_finite_scores)
+    estimate = _bound(scores, bound)
+    not_finite = ~torch.isfinite(estimate)
+    # NWJ's mean of e^(T - 1) is the term that overflows (its true value is that far below zero
+    # too); infonce and dv are log-sum-exps, finite unless a mean of the scores themselves overflows.
+    cause = ("e^(T - 1) of the off-diagonal scores" if bound == "nwj" else "a mean of the scores") + " overflows"
+    remedy = "scale the scores down" + (", or use bound='dv' or 'infonce' (log-sum-exps)" if bound == "nwj" else "")
+    raise_if(not_finite.any(), Failure(
+        NonFiniteLossError, argument,
+        f"mi_bound: the {bound} estimate is {{value}} in {scores.dtype}: {cause} this dtype; {remedy}, or pass "
+        f"float64 scores"), value=torch.take(estimate, not_finite.flatten().to(torch.uint8).argmax()))  # the first
+    return estimate
+
+
+def _bound(scores: torch.Tensor, bound: str) -> torch.Tensor:
+    k = scores.shape[-1]
     if bound == "infonce":
         # log_softmax subtracts the row max, so each diagonal term is <= 0 in floating point too:
         # the estimate never exceeds log K, even for scores of 1e4.
@@ -141,8 +173,11 @@ class MIBoundLoss(nn.Module):
         if z1.shape[1] != self.dim:
             raise LossArgumentError("z1", f"z1 and z2 must be (K, {self.dim}) for this critic, got {tuple(z1.shape)}")
         dtype = next(self.critic.parameters()).dtype
-        loss = -mi_bound(self.critic(z1.to(dtype), z2.to(dtype)), self.bound)
-        return check_finite_loss(loss, "mi_bound", bound=self.bound)
+        scores = self.critic(z1.to(dtype), z2.to(dtype))
+        return -_checked_bound(scores, self.bound, Failure(
+            NonFiniteLossError, None, f"mi_bound ({self.bound}): the critic's scores contain inf or NaN in {dtype} "
+                                      f"(its weights diverged, or they overflow on these embeddings); lower the "
+                                      f"learning rate, or scale the embeddings down"), argument=None)
 
     def extra_repr(self) -> str:
         return f"bound={self.bound!r}, dim={self.dim}"

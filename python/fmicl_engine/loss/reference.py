@@ -108,7 +108,7 @@ def log_similarities(z1, z2, *, similarity: str, sigma: float, tau: float, mu: f
     z = stack_views(z1, z2, normalize or similarity == "cosine")
     negatives = negative_index(2 * n, z.device)
     if similarity == "gaussian":
-        scale = -0.5 / sigma**2
+        scale = -0.5 / sigma / sigma  # sigma**2 would underflow to 0 (ZeroDivisionError) or raise OverflowError
         d_pos = (z[:n] - z[n:]).square().sum(1)
         d_all = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")
         return math.log(mu) + scale * d_pos, math.log(mu) + scale * d_all.gather(1, negatives).square()
@@ -185,3 +185,77 @@ def emmi(z1, z2, *, eps):
                 + _cholesky_logdet(joint[d:, d:], "the covariance of z2", eps)
                 - _cholesky_logdet(joint, "the joint covariance of [z1, z2]", eps))
     return -mi
+
+
+# ---------------------------------------------------------------------------------------------
+# Which hyperparameter a non-finite loss is owed to: the terms at the extreme similarities
+# ---------------------------------------------------------------------------------------------
+
+
+def overflow_argument(objective: str, hp: dict, dtype: torch.dtype) -> str | None:
+    """The hyperparameter to change first when ``objective``'s loss or gradient is inf/NaN in ``dtype``.
+
+    The objective's terms are evaluated, as above, at the extreme similarities of unit rows (D in
+    [0, 4], C in [-1, 1]); if they overflow, the first candidate (_OVERFLOW_PROBES) whose default
+    alone makes them finite is named (mu=1e300 overflows r = mu e^(...) whatever sigma is).
+    Otherwise the objective's scale: the data's spread overflowed (unnormalised rows), or the scale
+    and another argument together. Called when the error is raised (validation.Failure): a few
+    CPU scalars, never on the loss's path.
+    """
+    from fmicl_engine.loss.registry import loss_keywords  # here: the registry imports the losses, which import this
+
+    scale = ("sigma" if hp["similarity"] == "gaussian" else "tau") if objective == "fmicl" else _SCALE.get(objective)
+    if objective not in _OVERFLOW_PROBES:
+        return scale
+    overflows, candidates = _OVERFLOW_PROBES[objective]
+    if overflows(hp, dtype):
+        defaults = loss_keywords(objective)
+        for name in candidates(hp):
+            if not overflows({**hp, name: defaults[name]}, dtype):
+                return name
+    return scale
+
+
+def _finite(*terms: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(term).all()) for term in terms)
+
+
+def _fmicl_overflows(hp: dict, dtype: torch.dtype) -> bool:
+    if hp["similarity"] == "gaussian":  # log_similarities' arithmetic at D = 4 and D = 0
+        s = math.log(hp["mu"]) + (-0.5 / hp["sigma"] / hp["sigma"]) * torch.tensor([4.0, 0.0], dtype=dtype)
+    else:
+        s = math.log(hp["mu"]) + torch.tensor([-1.0, 1.0], dtype=dtype) / hp["tau"]
+    positive = positive_term(hp["divergence"], s, hp["tsallis_alpha"])
+    objective = positive[:, None]
+    if hp["alpha"] != 0:
+        objective = objective - hp["alpha"] * negative_term(hp["divergence"], s, hp["tsallis_alpha"])[None, :]
+    return not _finite(objective)
+
+
+def _align_uniform_overflows(hp: dict, dtype: torch.dtype) -> bool:
+    align = torch.tensor(2.0, dtype=dtype).pow(hp["align_alpha"])  # |u1 - u2| <= 2
+    uniform = hp["lambda_uniform"] * (-hp["t"] * torch.tensor(4.0, dtype=dtype))  # L_uniform in [-4t, 0]
+    return not _finite(align + uniform)
+
+
+def _rpc_overflows(hp: dict, dtype: torch.dtype) -> bool:
+    s = torch.tensor([-1.0, 1.0], dtype=dtype) / hp["tau"]
+    objective = (s[:, None] - hp["alpha"] * s[None, :] - hp["beta"] / 2 * s.square()[:, None]
+                 - hp["gamma"] / 2 * s.square()[None, :])
+    return not _finite(objective)
+
+
+def _fmicl_candidates(hp: dict) -> list[str]:
+    # the scale before tsallis_alpha: at a tiny sigma, r^(tsallis_alpha - 1) overflows for any
+    # tsallis_alpha < 1, and the default 1.5 only hides that sigma is the extreme one
+    tsallis = ["tsallis_alpha"] if hp["divergence"] == "tsallis" else []
+    return ["mu", "alpha", "sigma" if hp["similarity"] == "gaussian" else "tau", *tsallis]
+
+
+# objective -> (whether its terms overflow at the extremes, the candidates in the order they are tried)
+_OVERFLOW_PROBES = {
+    "fmicl": (_fmicl_overflows, _fmicl_candidates),
+    "align_uniform": (_align_uniform_overflows, lambda hp: ["align_alpha", "lambda_uniform", "t"]),
+    "rpc": (_rpc_overflows, lambda hp: ["alpha", "beta", "gamma", "tau"]),
+}
+_SCALE = {"infonce": "tau", "align_uniform": "t", "rpc": "tau", "emmi": "eps"}

@@ -129,6 +129,7 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
 def _check_layout(name: str, z, min_rows: int) -> None:
     if not isinstance(z, torch.Tensor):
         raise LossArgumentError(name, f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    check_not_meta(name, z)
     if z.dim() != 2:
         raise LossArgumentError(name, f"{name} must be 2-D (batch, dim), got shape {tuple(z.shape)}")
     if z.shape[0] < min_rows or z.shape[1] < 1:
@@ -137,6 +138,15 @@ def _check_layout(name: str, z, min_rows: int) -> None:
         )
     if not z.is_floating_point():
         raise LossArgumentError(name, f"{name} must have a floating-point dtype, got {z.dtype}")
+
+
+def check_not_meta(name: str, z: torch.Tensor) -> None:
+    """Meta tensors are refused rather than given a shape-only loss: the loss promises a checked
+    value, and a meta tensor has none. torch.compile traces with FakeTensors, whose device is the
+    real one, so they pass (the value checks are graph breaks there)."""
+    if z.device.type == "meta":
+        raise LossArgumentError(name, f"{name} is a meta tensor: meta tensors have no values, so the loss can "
+                                      f"neither compute nor check it; pass tensors on a real device")
 
 
 def _check_finite(name: str, z: torch.Tensor) -> None:
@@ -168,22 +178,23 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def check_finite_loss(loss: torch.Tensor, objective: str, *, scale: str | None = None, group=None,
-                      **context) -> torch.Tensor:
+def check_finite_loss(loss: torch.Tensor, objective: str, *, scale: str | None = None,
+                      hyperparameters: dict | None = None, group=None, **context) -> torch.Tensor:
     """Return ``loss``; raise NonFiniteLossError if it is inf/NaN (via ``raise_if``: one device
     sync, or deferred).
 
-    ``scale`` names the hyperparameter to change first (sigma, tau, eps; it becomes the error's
-    ``argument``); ``context`` holds the values the message shows (divergence, sigma ...).
-    ``group``: a process group whose ranks each hold a share of the loss (gather_distributed);
-    they agree (one all-reduce of one element), so all raise or none: a rank raising alone would
-    leave the others waiting in the backward's collective.
+    The error's ``argument`` is the hyperparameter to change first: given ``hyperparameters`` (the
+    objective's validated keywords), the one the overflow is owed to (``Failure.overflow``, worked
+    out when the error is raised); otherwise ``scale``. ``context`` holds the values the message
+    shows (divergence, sigma ...). ``group``: a process group whose ranks each hold a share of the
+    loss (gather_distributed); they agree (one all-reduce of one element), so all raise or none: a
+    rank raising alone would leave the others waiting in the backward's collective.
     """
     described = ", ".join(f"{k}={v!r}" for k, v in context.items())
-    hint = f"increase {scale}, " if scale else ""
     failure = Failure(NonFiniteLossError, scale,
                       f"{objective} loss is {{value}} ({described}) in {loss.dtype}: a term of the objective "
-                      f"overflows this dtype for these inputs; {hint}or pass float64 embeddings")
+                      f"overflows this dtype for these inputs; {{advice}}or pass float64 embeddings",
+                      overflow_diagnosis(objective, hyperparameters, loss.dtype))
     raise_if(~torch.isfinite(loss), failure, value=loss, group=group)
     return loss
 
@@ -199,12 +210,44 @@ class Failure(NamedTuple):
     error_type: type  # LossArgumentError or NonFiniteLossError
     argument: str | None  # the error's ``argument``
     message: str  # "{value}" in it stands for the offending value (the loss, a Cholesky order)
+    # A non-finite loss's (overflow_diagnosis), or None: with it, the hyperparameter the overflow is
+    # owed to (worked out only when the error is raised) replaces ``argument``. "{advice}" in the
+    # message becomes what to do about the argument.
+    overflow: tuple | None = None
 
     def error(self, value: str = "", note: str = "") -> Exception:
-        message = self.message.replace("{value}", value) + note
+        argument, message, advice = self.argument, self.message, ""
+        if self.overflow is not None:
+            from fmicl_engine.loss.reference import overflow_argument  # here: reference imports this module
+
+            objective, items, dtype = self.overflow
+            hyperparameters = dict(items)
+            argument = overflow_argument(objective, hyperparameters, dtype)
+            if argument is not None:
+                advice = f"{_OVERFLOW_ADVICE[argument]} ({argument}={hyperparameters[argument]!r}), "
+        elif argument in _OVERFLOW_ADVICE:
+            advice = f"{_OVERFLOW_ADVICE[argument]}, "
+        message = message.replace("{advice}", advice).replace("{value}", value) + note
         if self.error_type is LossArgumentError:
-            return LossArgumentError(self.argument, message)
-        return self.error_type(message, argument=self.argument)
+            return LossArgumentError(argument, message)
+        return self.error_type(message, argument=argument)
+
+
+def overflow_diagnosis(objective: str, hyperparameters: dict | None, dtype: torch.dtype) -> tuple | None:
+    """``Failure.overflow`` of ``objective``'s loss (or fused gradient) computed in ``dtype``; None
+    without hyperparameters."""
+    if hyperparameters is None:
+        return None
+    return objective, tuple(sorted(hyperparameters.items())), dtype
+
+
+# What to do about each hyperparameter a non-finite loss can be owed to (reference.overflow_argument).
+_OVERFLOW_ADVICE = {
+    "sigma": "increase sigma", "tau": "increase tau", "eps": "increase eps", "t": "decrease t",
+    "mu": "bring mu closer to 1", "alpha": "decrease alpha", "tsallis_alpha": "bring tsallis_alpha closer to 1",
+    "align_alpha": "decrease align_alpha", "lambda_uniform": "decrease lambda_uniform", "beta": "decrease beta",
+    "gamma": "decrease gamma",
+}
 
 
 _OTHER_RANK = "finite here but not on another rank"

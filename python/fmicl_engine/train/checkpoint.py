@@ -27,6 +27,8 @@ from typing import Any, Callable
 
 import torch
 
+from fmicl_engine.atomic_files import write_atomically
+
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 
@@ -64,20 +66,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
-    """``write(file)`` into a temporary file, fsync it, rename it to ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def file_sha256(path: Path) -> str:

@@ -39,6 +39,7 @@ from fmicl_engine.config.loader import (config_from_text, engine_loss_arguments,
 from fmicl_engine.data import TrainingData, build_training_data
 from fmicl_engine.eval.linear_probe import ProbeData, linear_probe
 from fmicl_engine.models import build_model, convert_sync_batchnorm
+from fmicl_engine.atomic_files import write_text_atomically
 from fmicl_engine.train.checkpoint import CheckpointStore, RunLock, load_checkpoint
 from fmicl_engine.train.distributed import (DistContext, any_rank, barrier, from_main, gather_objects,
                                             init_distributed, shutdown)
@@ -80,11 +81,15 @@ class PretrainingObjective(nn.Module):
         self.model, self.loss_fn = model, loss_fn
         self.autocast_dtype, self.device_type = AUTOCAST_DTYPES[precision], device.type
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, the first view's encoder features, for the online probe)."""
+    def encode(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(encoder features, projections) of both views, under autocast when asked."""
         with torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            features, z = self.model(torch.cat([view1, view2]))
+            return self.model(torch.cat([view1, view2]))
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, the first view's encoder features, for the online probe)."""
+        features, z = self.encode(view1, view2)
         z1, z2 = z.float().chunk(2)
         return self.loss_fn(z1, z2), features[: len(view1)]
 
@@ -143,7 +148,6 @@ def train_one_epoch(s: Session, epoch: int, window: MetricWindow, epoch_window: 
     """Train from the loader's position to the epoch's end. Returns why it stopped before the
     end (the stop signal's name, or "max_steps"), or None when the epoch is complete."""
     cfg, global_batch = s.cfg.train, s.cfg.train.batch_size
-    parameters = [p for p in s.objective.parameters() if p.requires_grad]
     s.data.loader.set_epoch(epoch)  # (a resumed epoch keeps its restored position)
     batches = Prefetcher(s.data.loader, device=s.ctx.device)
     try:
@@ -151,21 +155,7 @@ def train_one_epoch(s: Session, epoch: int, window: MetricWindow, epoch_window: 
             batch, waited = batches.next()
             if batch is None:
                 return None
-            view1, view2 = s.to_device(batch[0]), s.to_device(batch[1])
-            lr = s.lr_at(s.step)
-            for group in s.optimizer.param_groups:
-                group["lr"] = lr
-            loss, features = s.objective(view1, view2)
-            if s.online_probe is not None:
-                s.online_probe.step(features, batch[2].to(s.ctx.device, non_blocking=True))
-            s.optimizer.zero_grad(set_to_none=True)
-            s.scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                s.scaler.unscale_(s.optimizer)
-                torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
-            s.scaler.step(s.optimizer)
-            s.scaler.update()
-            s.step, s.batches_done = s.step + 1, s.batches_done + 1
+            loss, lr = train_step(s, batch)
             window.add(loss, global_batch // s.ctx.world_size, waited)
             epoch_window.add(loss, global_batch // s.ctx.world_size, waited)
             if s.step % cfg.log_every == 0 or s.step == s.total_steps:
@@ -182,6 +172,48 @@ def train_one_epoch(s: Session, epoch: int, window: MetricWindow, epoch_window: 
         return "max_steps"
     finally:
         batches.close()
+
+
+def train_step(s: Session, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, float]:
+    """One optimisation step on one (view1, view2, labels) batch: the step a run takes and the
+    profiler times. Returns the loss (on the device, not read) and the step's learning rate."""
+    view1, view2 = s.to_device(batch[0]), s.to_device(batch[1])
+    lr = s.lr_at(s.step)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    loss, features = s.objective(view1, view2)
+    if s.online_probe is not None:
+        s.online_probe.step(features, batch[2].to(s.ctx.device, non_blocking=True))
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    if s.cfg.train.grad_clip:
+        s.scaler.unscale_(s.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in s.objective.parameters() if p.requires_grad],
+                                       s.cfg.train.grad_clip)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.step, s.batches_done = s.step + 1, s.batches_done + 1
+    return loss, lr
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A non-finite loss or embedding in training; the message names the config keys that
+    usually cause it. (The CLI reports it as a training error; no checkpoint holds its weights.)"""
+
+    @classmethod
+    def naming_keys(cls, err: Exception, s: Session) -> TrainingDivergedError:
+        o, loss_options = s.cfg.optim, s.cfg.loss.kwargs()
+        keys = []
+        argument = getattr(err, "argument", None)
+        if argument in loss_options:  # the hyperparameter the loss found its overflow owed to
+            keys.append(f"loss.{argument} ({loss_options[argument]!r})")
+        keys.append(f"optim.lr ({o.lr:g}) too high or optim.warmup_epochs ({o.warmup_epochs:g}) too short")
+        if s.cfg.train.precision == "fp16":
+            keys.append("train.precision = 'fp16' (bf16 has float32's range)")
+        if not s.cfg.train.grad_clip:
+            keys.append("no train.grad_clip")
+        return cls(f"{err}; at step {s.step} of this run; the usual causes: {'; '.join(keys)}. "
+                   "No checkpoint holds non-finite weights")
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -270,6 +302,45 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- the run
 
 
+def build_session(cfg: Config, ctx: DistContext, data: TrainingData, *, log: Callable[[str], None],
+                  config_text: str = "") -> Session:
+    """The model, loss, objective (DDP-wrapped in a torchrun job), optimiser and schedule of
+    ``cfg`` on this rank: what ``run`` trains and the profiler times. No checkpoint store yet."""
+    torch.manual_seed(cfg.run.seed)  # the same initialisation on every rank (DDP also broadcasts it)
+    m = cfg.model
+    model = build_model(m.arch, in_channels=data.in_channels, cnn_width=m.cnn_width,
+                        projector_layers=m.projector_layers, projector_hidden_dim=m.projector_hidden_dim,
+                        projector_out_dim=m.projector_out_dim, projector_batchnorm=m.projector_batchnorm)
+    if m.sync_batchnorm and ctx.distributed:
+        model = convert_sync_batchnorm(model, ctx.device)
+    model = model.to(ctx.device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        model.encoder.compile()  # in place: the state_dict keeps its names
+
+    from fmicl_engine.loss import DeferredFiniteChecks, build_loss
+
+    loss_fn = build_loss(cfg.loss.name, **cfg.loss.kwargs(),
+                         **engine_loss_arguments(cfg.loss.name, cfg, ctx.world_size)).to(ctx.device)
+    objective = PretrainingObjective(model, loss_fn, cfg.train.precision, ctx.device)
+    if ctx.distributed:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            **{_DDP_BUFFER_SYNC: not m.sync_batchnorm})  # synchronised BatchNorm keeps its statistics equal
+    steps_per_epoch = len(data.loader)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    return Session(cfg=cfg, ctx=ctx, data=data, model=model, loss_fn=loss_fn, objective=objective,
+                   optimizer=build_optimizer(cfg.optim, [model, loss_fn]),
+                   scaler=torch.amp.GradScaler(ctx.device.type, enabled=cfg.train.precision == "fp16"),
+                   online_probe=build_online_probe(cfg, model, ctx), store=None, metrics=None, stop=StopRequest(),
+                   finite_checks=DeferredFiniteChecks(group=dist.group.WORLD if ctx.distributed else None),
+                   log=log, config_text=config_text, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                   warmup_steps=min(round(cfg.optim.warmup_epochs * steps_per_epoch), total_steps))
+
+
 def run(cfg: Config, *, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
         progress: bool = True) -> dict:
     """Pretrain the encoder of ``cfg`` (in every process of a torchrun job), probe it before and
@@ -308,43 +379,9 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
             "loss uses its own share of the batch, so the run differs from one process on the global batch")
 
     # ------------------------------------------------------------------------------ model, loss, optimiser
-    torch.manual_seed(cfg.run.seed)  # the same initialisation on every rank (DDP also broadcasts it)
-    m = cfg.model
-    model = build_model(m.arch, in_channels=data.in_channels, cnn_width=m.cnn_width,
-                        projector_layers=m.projector_layers, projector_hidden_dim=m.projector_hidden_dim,
-                        projector_out_dim=m.projector_out_dim, projector_batchnorm=m.projector_batchnorm)
-    if m.sync_batchnorm and ctx.distributed:
-        model = convert_sync_batchnorm(model, ctx.device)
-    model = model.to(ctx.device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        model.encoder.compile()  # in place: the state_dict keeps its names
-
-    from fmicl_engine.loss import DeferredFiniteChecks, build_loss
-
-    loss_fn = build_loss(cfg.loss.name, **cfg.loss.kwargs(),
-                         **engine_loss_arguments(cfg.loss.name, cfg, ctx.world_size)).to(ctx.device)
-    objective = PretrainingObjective(model, loss_fn, cfg.train.precision, ctx.device)
-    if ctx.distributed:
-        objective = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            **{_DDP_BUFFER_SYNC: not m.sync_batchnorm})  # synchronised BatchNorm keeps its statistics equal
-    optimizer = build_optimizer(cfg.optim, [model, loss_fn])
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.train.precision == "fp16")
-
-    steps_per_epoch = len(data.loader)
-    total_steps = cfg.train.epochs * steps_per_epoch
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    session = Session(cfg=cfg, ctx=ctx, data=data, model=model, loss_fn=loss_fn, objective=objective,
-                      optimizer=optimizer, scaler=scaler, online_probe=build_online_probe(cfg, model, ctx),
-                      store=CheckpointStore(out_dir / "checkpoints", keep=cfg.train.keep_checkpoints),
-                      metrics=None, stop=StopRequest(),
-                      finite_checks=DeferredFiniteChecks(group=dist.group.WORLD if ctx.distributed else None),
-                      log=log, config_text=config_text,
-                      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                      warmup_steps=min(round(cfg.optim.warmup_epochs * steps_per_epoch), total_steps))
+    session = build_session(cfg, ctx, data, log=log, config_text=config_text)
+    session.store = CheckpointStore(out_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    model, objective, total_steps = session.model, session.objective, session.total_steps
 
     # ------------------------------------------------------------------------------ resume
     epoch = 0
@@ -368,20 +405,27 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
     stopped_by = None  # a signal's name, "max_steps", or None
     window, epoch_window = MetricWindow(ctx), MetricWindow(ctx)
     session.session_start = (time.perf_counter(), session.step)
-    with session.stop, session.finite_checks, _progress_bar(total_steps, session.step, progress) as session.bar:
-        objective.train()
-        while session.step < total_steps and stopped_by is None:
-            first_step = session.step
-            epoch_window.reset()
-            stopped_by = train_one_epoch(session, epoch, window, epoch_window)
-            if session.step > first_step:
-                log_epoch_summary(session, epoch, first_step, epoch_window)
-            # At each epoch's end (unless a step cadence is set), at the run's end, and when stopped.
-            if cfg.train.checkpoint and (stopped_by is not None or session.step == total_steps
-                                         or not cfg.train.checkpoint_every_steps):
-                save_checkpoint(session, epoch)
-            if stopped_by is None:
-                epoch, session.batches_done = epoch + 1, 0
+    from fmicl_engine.loss import LossArgumentError, NonFiniteLossError
+
+    try:
+        with session.stop, session.finite_checks, _progress_bar(total_steps, session.step, progress) as session.bar:
+            objective.train()
+            while session.step < total_steps and stopped_by is None:
+                first_step = session.step
+                epoch_window.reset()
+                stopped_by = train_one_epoch(session, epoch, window, epoch_window)
+                if session.step > first_step:
+                    log_epoch_summary(session, epoch, first_step, epoch_window)
+                # At each epoch's end (unless a step cadence is set), at the run's end, and when stopped.
+                if cfg.train.checkpoint and (stopped_by is not None or session.step == total_steps
+                                             or not cfg.train.checkpoint_every_steps):
+                    save_checkpoint(session, epoch)
+                if stopped_by is None:
+                    epoch, session.batches_done = epoch + 1, 0
+    except (NonFiniteLossError, LossArgumentError) as err:
+        if isinstance(err, LossArgumentError) and err.argument not in ("z1", "z2"):
+            raise  # a wrong argument, not a value that went non-finite
+        raise TrainingDivergedError.naming_keys(err, session) from err
     session.metrics.close()
     if hasattr(data.loader, "close"):  # a DALI loader's reader threads
         data.loader.close()
@@ -411,7 +455,7 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
 
         report = evaluate(model, cfg, ctx, cache_dir=out_dir / "features" / f"step_{session.step:08d}")
         if ctx.is_main:
-            (out_dir / "eval.json").write_text(json.dumps({"step": session.step, **report}, indent=2) + "\n")
+            write_text_atomically(out_dir / "eval.json", json.dumps({"step": session.step, **report}, indent=2) + "\n")
             results.update({k: report[k] for k in EVAL_SUMMARY if k in report})
             log("evaluation: " + ", ".join(f"{k} {report[k]:.4f}" for k in EVAL_SUMMARY if k in report))
         probe_seconds += time.perf_counter() - t
@@ -425,7 +469,7 @@ def _run(cfg: Config, ctx: DistContext, lock: RunLock, log: Callable[[str], None
         "git": git_description(),
     })
     if ctx.is_main and stopped_by is None:
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_text_atomically(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
         write_figures(out_dir, log)
     return results
 

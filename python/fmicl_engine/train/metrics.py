@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from fmicl_engine.atomic_files import write_text_atomically
 from fmicl_engine.train.distributed import DistContext
 
 
@@ -70,7 +71,7 @@ def _truncate_to_step(path: Path, resume_step: int, warn) -> None:
             warn(f"warning: {path}:{number}: dropping an unreadable line ({line[:60]!r})")
         elif step <= resume_step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+    write_text_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def _step_of(line: str) -> int | None:
