@@ -124,8 +124,21 @@ def test_a_diverging_model_names_the_config_keys(tmp_path, capsys, monkeypatch):
 
 
 def test_an_overflowing_loss_names_its_config_key(tmp_path, capsys):
+    # Unnormalised embeddings: nothing bounds them before training, so the overflow comes in training.
     status = main(["run", str(REPO / "configs" / "digits_sh.toml"), "--no-progress",
-                   *sets([f"run.out_dir={tmp_path / 'run'}", *TINY, "loss.sigma=0.01"])])
+                   *sets([f"run.out_dir={tmp_path / 'run'}", *TINY, "loss.sigma=0.01", "loss.normalize=false"])])
     assert status == 1
     line = one_line(capsys)
     assert line.startswith("training error: fmicl") and "loss.sigma (0.01)" in line
+
+
+@pytest.mark.parametrize("config, key, value, advice", [
+    ("digits_sh.toml", "sigma", "0.01", "increase sigma"),
+    ("digits_kl.toml", "mu", "1e300", "bring mu closer to 1"),
+    ("digits_kl.toml", "alpha", "1e300", "decrease alpha"),
+])
+def test_values_whose_loss_overflows_on_unit_embeddings_are_refused_at_validate(config, key, value, advice, capsys):
+    status = main(["validate", str(REPO / "configs" / config), "--set", f"loss.{key}={value}"])
+    assert status == 2
+    line = one_line(capsys)
+    assert line.startswith(f"config error: loss.{key}: objective 'fmicl' overflows float32") and line.endswith(advice)

@@ -21,11 +21,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+import torch
+
 from fmicl_engine.atomic_files import write_text_atomically
 from fmicl_engine.config import toml_writer
 from fmicl_engine.config.schema import Config, EvalConfig, LossConfig
 from fmicl_engine.loss.registry import LOSS_REGISTRY, REQUIRED, build_loss, loss_signature
-from fmicl_engine.loss.validation import LossArgumentError, did_you_mean
+from fmicl_engine.loss.reference import overflows_at_extremes
+from fmicl_engine.loss.validation import LossArgumentError, did_you_mean, overflow_advice
 
 # Keyword arguments of an objective that the engine supplies itself, so a config must not set them.
 ENGINE_SUPPLIED_LOSS_ARGUMENTS = {
@@ -413,13 +416,23 @@ def _build_loss(raw: dict[str, Any], cfg: Config, problems: _Problems) -> LossCo
     if len(problems.errors) > first_error:  # constructing it would only repeat these
         return LossConfig()
     try:
-        build_loss(name, **options, **engine_loss_arguments(name, cfg))
+        objective = build_loss(name, **options, **engine_loss_arguments(name, cfg))
     except LossArgumentError as err:
         problems.report(f"loss.{err.argument}", str(err))
     except (TypeError, ValueError, ArithmeticError, RuntimeError, MemoryError) as err:
         # e.g. torch refusing a size it cannot allocate; its first line says why, the rest is C++ frames
         first_line = (str(err).splitlines() or [type(err).__name__])[0]
         problems.report("loss", f"objective {name!r} rejected its arguments: {first_line}")
+    else:
+        # Values each valid alone can still overflow together in float32, the engine's loss dtype,
+        # once training brings pairs together or apart: refused now rather than at some step.
+        # (Unit rows only: unnormalised embeddings have no extremes to probe.)
+        hparams = getattr(objective, "hparams", {})
+        argument = overflows_at_extremes(name, hparams, torch.float32) if hparams.get("normalize", True) else None
+        if argument is not None:
+            problems.report(f"loss.{argument}", f"objective {name!r} overflows float32 (the loss's dtype in training) "
+                            f"with these values once embeddings meet or lie opposite ({argument} = "
+                            f"{options.get(argument)!r}): {overflow_advice(argument)}")
     return LossConfig(name=name, options=tuple(options.items()))  # in the objective's signature order
 
 

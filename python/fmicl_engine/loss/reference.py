@@ -216,6 +216,17 @@ def overflow_argument(objective: str, hp: dict, dtype: torch.dtype) -> str | Non
     return scale
 
 
+def overflows_at_extremes(objective: str, hp: dict, dtype: torch.dtype) -> str | None:
+    """The argument to change first when ``objective``'s terms with hyperparameters ``hp`` overflow
+    ``dtype`` at the extreme similarities of unit rows (which training reaches: duplicates and
+    opposite rows); None when they stay finite, or when the objective has no such probe. What the
+    config loader refuses before a run starts."""
+    probe = _OVERFLOW_PROBES.get(objective)
+    if probe is None or not probe[0](hp, dtype):
+        return None
+    return overflow_argument(objective, hp, dtype)
+
+
 def _finite(*terms: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(term).all()) for term in terms)
 

@@ -250,6 +250,11 @@ _OVERFLOW_ADVICE = {
 }
 
 
+def overflow_advice(argument: str) -> str:
+    """What to do about ``argument`` when the loss overflows for its value ("increase sigma")."""
+    return _OVERFLOW_ADVICE.get(argument, f"change {argument}")
+
+
 _OTHER_RANK = "finite here but not on another rank"
 _DEFERRED: contextvars.ContextVar[DeferredFiniteChecks | None] = contextvars.ContextVar(
     "fmicl_engine_deferred_finite_checks", default=None)
