@@ -142,3 +142,33 @@ def test_values_whose_loss_overflows_on_unit_embeddings_are_refused_at_validate(
     assert status == 2
     line = one_line(capsys)
     assert line.startswith(f"config error: loss.{key}: objective 'fmicl' overflows float32") and line.endswith(advice)
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_good_ones_survive(tmp_path, capsys):
+    run = ["run", DIGITS, "--no-progress", *sets([f"run.out_dir={tmp_path / 'run'}", *TINY,
+                                                 "train.checkpoint_every_steps=2", "train.keep_checkpoints=2"])]
+    assert main(run) == 0
+    checkpoints = tmp_path / "run" / "checkpoints"
+    newest = checkpoints / "step_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated by a crashed node
+    capsys.readouterr()
+    assert main([*run, "--set", "train.max_steps=8"]) == 0
+    err = capsys.readouterr().err
+    assert f"set aside {newest}.damaged (damaged)" in err and "resumed from" in err
+    # The damaged file no longer counts among the kept ones: the new checkpoints are not pruned for it.
+    assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == ["step_00000006.pt", "step_00000008.pt"]
+    assert (checkpoints / "step_00000004.pt.damaged").exists()
+
+
+def test_every_checkpoint_damaged_is_refused_and_nothing_is_overwritten(tmp_path, capsys):
+    run = ["run", DIGITS, "--no-progress", *sets([f"run.out_dir={tmp_path / 'run'}", *TINY])]
+    assert main(run) == 0
+    for checkpoint in (tmp_path / "run" / "checkpoints").glob("step_*.pt"):
+        checkpoint.write_bytes(b"")
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(run) == 2
+    line = one_line(capsys)
+    assert line.startswith(f"config error: run.out_dir: every checkpoint in {tmp_path / 'run' / 'checkpoints'} "
+                           "is damaged")
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics

@@ -72,7 +72,8 @@ def test_synthetic_data_measures_the_compute_alone(tmp_path):
 def test_bad_arguments_are_one_config_error_line(tmp_path, capsys):
     status = main(["profile", str(DIGITS), "--steps", "1", "--out", str(tmp_path)])
     assert status == 2
-    assert capsys.readouterr().err.strip() == "config error: profile: --steps must be >= 2 and --warmup >= 0, got 1 and 5"
+    assert capsys.readouterr().err.strip() == ("config error: profile: --steps must be in [2, 100000] and --warmup in "
+                                               "[0, 100000], got 1 and 5")
 
 
 def test_torchrun_gives_per_rank_figures_and_the_loss_collectives(tmp_path):
@@ -89,3 +90,13 @@ def test_torchrun_gives_per_rank_figures_and_the_loss_collectives(tmp_path):
     assert report["alone"]["all_gather"] > 0 and report["alone"]["reduce_scatter"] > 0
     assert report["images_per_s"] == pytest.approx(1e3 * 128 / report["step_ms"])
     assert result.stdout.count("rank 1:") == 1 and "loss all-gather" in result.stdout
+
+
+def test_synthetic_data_with_the_online_probe_and_a_bad_out(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    status = main(["profile", str(DIGITS), "--synthetic-data", "--steps", "2", "--warmup", "0",
+                   "--out", str(tmp_path / "a_file" / "profile"), *sets(["eval.online_probe=true"])])
+    assert status == 2 and "config error: run.out_dir:" in capsys.readouterr().err  # before any work
+    status = main(["profile", str(DIGITS), "--synthetic-data", "--steps", "2", "--warmup", "0",
+                   "--out", str(tmp_path / "profile"), *sets(["eval.online_probe=true", "run.threads=1"])])
+    assert status == 0 and (tmp_path / "profile" / "profile.json").exists()

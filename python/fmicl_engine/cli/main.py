@@ -99,7 +99,7 @@ def _config(args):
     from fmicl_engine.config import load_config
 
     overrides = list(args.overrides)
-    if args.command == "run" and args.out:
+    if args.command in ("run", "profile") and args.out:  # (profile: so that --out is checked like run's)
         overrides.append(f"run.out_dir={json.dumps(args.out)}")
     return load_config(args.config, overrides)
 
@@ -188,9 +188,9 @@ def describe_os_error(err: OSError) -> str:
     if isinstance(err, CheckpointWriteError) or err.errno is None:
         return str(err)
     name = errno.errorcode.get(err.errno, f"errno {err.errno}")
-    path = f" {err.filename}" if err.filename is not None else ""
+    path = f": {err.filename}" if err.filename is not None else ""
     advice = OS_ERROR_ADVICE.get(name)
-    return f"{name}: {err.strerror}:{path}" + (f"; {advice}" if advice else "")
+    return f"{name}: {err.strerror}{path}" + (f"; {advice}" if advice else "")
 
 
 def main(argv: list[str] | None = None) -> int:

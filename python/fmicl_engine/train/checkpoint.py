@@ -142,6 +142,15 @@ class CheckpointStore:
             return "its SHA-256 does not match (truncated or damaged)"
         return None
 
+    def set_aside(self, step: int) -> Path:
+        """Rename a damaged checkpoint (and its digest) to ``*.damaged``: kept for inspection, no
+        longer counted among the checkpoints a new save prunes to ``keep``."""
+        path = self.path(step)
+        for file in (path, path.with_name(path.name + ".sha256")):
+            if file.exists():
+                file.rename(file.with_name(file.name + ".damaged"))
+        return path.with_name(path.name + ".damaged")
+
     def newest_valid(self, warn: Callable[[str], None]) -> Path | None:
         """The newest valid checkpoint; each newer invalid one is named through ``warn``."""
         for step in reversed(self.steps()):

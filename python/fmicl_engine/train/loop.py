@@ -274,7 +274,12 @@ def claim_out_dir(cfg: Config, config_text: str, lock: RunLock, log: Callable[[s
         raise ConfigError("run.out_dir", f"{out_dir} is in use by another run ({holder}); "
                           "wait for it to end or choose another --out")
     store = CheckpointStore(out_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    present = store.steps()
     path = store.newest_valid(log)
+    if present and path is None:  # starting over would overwrite the run's logs: the user decides
+        lock.release(refused=True)
+        raise ConfigError("run.out_dir", f"every checkpoint in {store.directory} is damaged (see the warnings "
+                          "above); remove them to start the run over, or choose another --out")
     if path is not None:
         saved = config_from_text(load_checkpoint(path)["config"])
         differences = resume_differences(saved, cfg)
@@ -284,6 +289,9 @@ def claim_out_dir(cfg: Config, config_text: str, lock: RunLock, log: Callable[[s
             changed = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differences)
             raise ConfigError("run.out_dir", f"cannot resume {path}: keys that change the training differ "
                               f"from the checkpointed run ({changed}); choose another --out or restore them")
+    newer_damaged = [step for step in present if path is not None and store.path(step) > path]
+    for step in newer_damaged:  # else the pruning of new saves would count them, and delete good ones
+        log(f"warning: set aside {store.set_aside(step)} (damaged)")
     lock.record_holder()
     save_config(cfg, out_dir / "config.toml")
     return None if path is None else str(path)

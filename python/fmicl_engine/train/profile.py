@@ -61,6 +61,7 @@ PART_NAMES = {"data_wait": "data wait", "host_to_device": "host-to-device copy",
               "all_gather": "loss all-gather", "reduce_scatter": "loss reduce-scatter"}
 DATA_BOUND_WAIT = 0.10  # a step that waits for data longer than this share of its time is data-bound
 TRACE_STEPS = 3
+MAX_STEPS = 100_000  # medians need no more; the timings are held in memory
 
 
 class Clock:
@@ -233,14 +234,17 @@ def measure_steps(s: Session, clock: Clock, batches: Prefetcher, steps: int, war
         probe.remove()
     step_ms = [clock.ms(a, c) for a, _, c, _ in plain]
     wait_ms = [clock.ms(a, b) for a, b, _, _ in plain]
+
     parts = [p for p in (step_parts(clock, m) for m, _ in instrumented) if p is not None]
     if not parts:
         raise RuntimeError("no instrumented step completed (every step was skipped by the fp16 GradScaler)")
+    parts_in_step = {name: summary([p[name] for p in parts]) for name in PARTS}
+    parts_in_step["data_wait"] = summary(wait_ms)  # the plain steps': the step time's own wait
     peaks = {name: max((pk.get(mark) or 0.0) for _, pk in instrumented) for name, mark in PART_PEAK_MARK.items()}
     return {"step": summary(step_ms), "data_wait": summary(wait_ms),
-            "data_wait_fraction": sum(wait_ms) / sum(step_ms),
+            "data_wait_fraction": statistics.median(wait_ms) / statistics.median(step_ms),
             "instrumented_step": summary([sum(p.values()) for p in parts]),
-            "parts": {name: summary([p[name] for p in parts]) for name in PARTS},
+            "parts": parts_in_step,
             "peak_gib": peaks if clock.cuda else None,
             "step_peak_gib": max((p or 0.0) for *_, p in plain) if clock.cuda else None}
 
@@ -372,11 +376,11 @@ def aggregate(cfg: Config, ctx: DistContext, ranks: list[dict[str, Any]], *, ste
     """The job's figures from every rank's: the slowest rank sets the pace."""
     slowest = max(ranks, key=lambda r: r["step_ms"])
     step_ms = slowest["step_ms"]
-    parts = {name: max(r["parts"][name] for r in ranks) for name in PARTS}
+    parts = slowest["parts"]  # one rank's step, so that its parts add up to it
     loader = sum(r["loader_images_per_s"] for r in ranks)
-    compute = min(r["compute_images_per_s"] for r in ranks) * ctx.world_size
+    compute = slowest["compute_images_per_s"] * ctx.world_size
     images_per_s = 1e3 * cfg.train.batch_size / step_ms
-    wait = max(r["data_wait_fraction"] for r in ranks)
+    wait = slowest["data_wait_fraction"]
     bottleneck, sentence = verdict(loader, images_per_s, compute, wait, parts)
     report = {
         "config": {"loss": {"name": cfg.loss.name, **cfg.loss.kwargs()}, "arch": cfg.model.arch,
@@ -408,7 +412,7 @@ def format_table(report: dict[str, Any]) -> str:
              + (f"{'peak GiB':>10}" if gpu else "")]
     for name in PARTS:
         alone = report["alone"].get(name)
-        spread = r0["spread"][name] if r0 else None
+        spread = (r0 or max(report["ranks"], key=lambda r: r["step_ms"]))["spread"][name]
         spread_text = "" if spread is None else f"{spread['p10']:.2f}-{spread['p90']:.2f}"
         peak = (r0 or report["ranks"][0])["peak_gpu_gib"] or {}
         lines.append(f"{PART_NAMES[name]:<34}{'' if alone is None else f'{alone:.2f}':>10}"
@@ -441,8 +445,9 @@ def profile(cfg: Config, *, steps: int = 20, warmup: int = 5, out_dir: str | Pat
     """Profile the training step of ``cfg`` (every rank of a torchrun job calls it). Writes
     ``out_dir/profile.json`` (default: run.out_dir/profile) on rank 0 and returns the report
     (``format_table(report)`` is what the command prints)."""
-    if steps < 2 or warmup < 0:
-        raise ConfigError("profile", f"--steps must be >= 2 and --warmup >= 0, got {steps} and {warmup}")
+    if not (2 <= steps <= MAX_STEPS and 0 <= warmup <= MAX_STEPS):
+        raise ConfigError("profile", f"--steps must be in [2, {MAX_STEPS}] and --warmup in [0, {MAX_STEPS}], "
+                          f"got {steps} and {warmup}")
     ctx = init_distributed(cfg.run.device, cfg.run.dist_timeout_s)
     try:
         return _profile(cfg, ctx, steps, warmup, Path(out_dir or Path(cfg.run.out_dir) / "profile"), trace,
@@ -465,6 +470,8 @@ def _profile(cfg: Config, ctx: DistContext, steps: int, warmup: int, out_dir: Pa
             raise ConfigError("train.batch_size", f"the global batch {cfg.train.batch_size} is larger than the "
                               f"{cfg.data.dataset} training set: an epoch would train no step")
     s = build_session(cfg, ctx, data, log=log)
+    if synthetic:
+        s.online_probe = None  # random images have no labels to probe
     clock = Clock(ctx.device)
     log(f"profiling {steps} steps after {warmup} warm-up steps on {ctx.world_size} process(es), {ctx.device.type}")
     s.objective.train()
@@ -475,21 +482,25 @@ def _profile(cfg: Config, ctx: DistContext, steps: int, warmup: int, out_dir: Pa
             measured = measure_steps(s, clock, batches, steps, warmup)
             batch, _ = batches.next()
             alone = measure_parts_alone(s, clock, batch, steps)
-            trace_path = out_dir / "trace" / f"rank{ctx.rank}.pt.trace.json"
+            ranks = gather_objects(ctx, rank_report(s, measured, data_alone, alone))
+            report = aggregate(cfg, ctx, ranks, steps=steps, warmup=warmup, synthetic=synthetic,
+                               timing="CUDA events" if clock.cuda else "wall clock")
+            report["trace"] = str(out_dir / "trace") if trace else None
+            if ctx.is_main:  # first: a trace that fills the disk loses no figure
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomically(out_dir / "profile.json", json.dumps(report, indent=2) + "\n")
+                log(f"wrote {out_dir / 'profile.json'}")
             if trace:
-                record_trace(s, batches, trace_path)
+                trace_path = out_dir / "trace" / f"rank{ctx.rank}.pt.trace.json"
+                try:
+                    record_trace(s, batches, trace_path)
+                    log(f"wrote traces under {out_dir / 'trace'}")
+                except OSError as err:
+                    trace_path.with_name(trace_path.name + ".tmp").unlink(missing_ok=True)
+                    log(f"warning: no trace: cannot write {trace_path}: {err.strerror or err}")
     finally:
         batches.close()
         if hasattr(data.loader, "close"):
             data.loader.close()
-    ranks = gather_objects(ctx, rank_report(s, measured, data_alone, alone))
-    report = aggregate(cfg, ctx, ranks, steps=steps, warmup=warmup, synthetic=synthetic,
-                       timing="CUDA events" if clock.cuda else "wall clock")
-    if trace:
-        report["trace"] = str(out_dir / "trace")
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(out_dir / "profile.json", json.dumps(report, indent=2) + "\n")
-        log(f"wrote {out_dir / 'profile.json'}" + (f" and traces under {out_dir / 'trace'}" if trace else ""))
     return report
 
